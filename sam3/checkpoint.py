@@ -1,0 +1,177 @@
+"""Reading SAM3-format checkpoints and loading them with strict key accounting.
+
+A SAM3 checkpoint (``sam3.pt``) is a state dict, bare or under ``"model"``, whose keys start with
+``detector.`` (the image model) or ``tracker.`` (the video tracker). A module built from part of
+the model is loaded from the keys under one prefix: every key the module needs must be there
+with its shape, and every key it does not use is counted and reported by prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+SAM3_DOWNLOAD_HINT = (
+    "download sam3.pt from https://huggingface.co/facebook/sam3 (accept the licence there) "
+    "and put it in sam3_checkpoints/, or pass the path of your copy"
+)
+MAX_LISTED = 8  # how many offending keys an error message names
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model that was built."""
+
+
+@dataclass
+class LoadReport:
+    """What a strict load consumed and what it left unused (grouped by key prefix)."""
+
+    source: str
+    prefix: str
+    loaded: int
+    unused: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unused_total(self) -> int:
+        """Number of checkpoint keys the built modules did not take."""
+        return sum(self.unused.values())
+
+    def summary(self) -> str:
+        """One human-readable paragraph."""
+        lines = [f"loaded {self.loaded} tensors from {self.source} (keys under '{self.prefix}')"]
+        if self.unused:
+            lines.append(f"{self.unused_total} keys not used by the built modules:")
+            lines += [f"  {p}.*: {n}" for p, n in sorted(self.unused.items())]
+        return "\n".join(lines)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file (``weights_only=True``, memory-mapped when possible).
+
+    Accepts a bare state dict or one under ``"model"``; raises ``FileNotFoundError`` or
+    :class:`CheckpointError` with the file name and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM3 checkpoint {path} does not exist: {SAM3_DOWNLOAD_HINT}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} could not be read with torch.load(weights_only=True): {err}"
+        ) from err
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not named tensors: {bad[:MAX_LISTED]}")
+    return dict(obj)
+
+
+def _dotted_prefixes(keys: list[str]) -> set[str]:
+    out = set()
+    for key in keys:
+        parts = key.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return out
+
+
+def group_by_prefix(unused: list[str], used: list[str], min_depth: int = 2) -> dict[str, int]:
+    """Count ``unused`` keys under the shortest prefix (of at least ``min_depth`` parts) that no
+    ``used`` key shares, e.g. ``detector.backbone.vision_backbone.sam2_convs``."""
+    used_prefixes = _dotted_prefixes(used)
+    counts: Counter[str] = Counter()
+    for key in unused:
+        parts = key.split(".")
+        group = key
+        for i in range(min_depth, len(parts)):
+            candidate = ".".join(parts[:i])
+            if candidate not in used_prefixes:
+                group = candidate
+                break
+        counts[group] += 1
+    return dict(counts)
+
+
+def _kind(t: Tensor) -> str:
+    if t.is_complex():
+        return "complex"
+    return "float" if t.is_floating_point() else "integer"
+
+
+def load_strict(
+    module: nn.Module, state: Mapping[str, Tensor], prefix: str = "", source: str = "<memory>"
+) -> LoadReport:
+    """Load the keys of ``state`` under ``prefix`` into ``module``; fail on any gap.
+
+    Every tensor of ``module.state_dict()`` must be present as ``prefix + name`` with the same
+    shape and kind (float/complex/integer); values are cast to the module's dtype. Keys the
+    module does not use are returned, grouped, in the report.
+    """
+    own = module.state_dict()
+    missing, mismatched = [], []
+    for name, target in own.items():
+        src = state.get(prefix + name)
+        if src is None:
+            missing.append(prefix + name)
+        elif src.shape != target.shape or _kind(src) != _kind(target):
+            mismatched.append(
+                f"{prefix + name}: file {tuple(src.shape)} {src.dtype}, "
+                f"model {tuple(target.shape)} {target.dtype}"
+            )
+    if missing or mismatched:
+        parts = [f"{source} does not fit the model that was built (keys under '{prefix}'):"]
+        if missing:
+            parts.append(f"{len(missing)} missing, first: {missing[:MAX_LISTED]}")
+        if mismatched:
+            parts.append(
+                f"{len(mismatched)} with another shape/type, first: {mismatched[:MAX_LISTED]}"
+            )
+        parts.append("check that the file is a SAM3 checkpoint and that the build options match it")
+        raise CheckpointError("\n".join(parts))
+    module.load_state_dict({name: state[prefix + name] for name in own}, strict=True)
+    used = [prefix + name for name in own]
+    used_set = set(used)
+    unused = [k for k in state if k not in used_set]
+    return LoadReport(source, prefix, len(used), group_by_prefix(unused, used))
+
+
+def load_sam3_checkpoint(
+    module: nn.Module, checkpoint: str | Path | Mapping[str, Tensor], prefix: str
+) -> LoadReport:
+    """Read ``checkpoint`` (a path or a state dict) and :func:`load_strict` it into ``module``,
+    then check every RoPE table it brought against the one the module's geometry implies."""
+    if isinstance(checkpoint, Mapping):
+        state, source = checkpoint, "<state dict>"
+    else:
+        state, source = read_state_dict(checkpoint), str(checkpoint)
+    report = load_strict(module, state, prefix, source)
+    bad = [
+        f"{name}.{block}" if name else block
+        for name, sub in module.named_modules()
+        if hasattr(sub, "rope_mismatches")
+        for block in sub.rope_mismatches(atol=1e-4)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{source}: the stored RoPE tables do not match this trunk's geometry "
+            f"({len(bad)} blocks, first: {bad[:MAX_LISTED]}); the file was made for another "
+            "image size or window size"
+        )
+    log.info(report.summary())
+    return report

@@ -1,0 +1,87 @@
+"""A file with every key of ``sam3.pt`` (names and shapes from Meta's full build) loads into
+``build_sam3_backbone`` with nothing missing and every unused key reported by prefix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sam3.model_builder import BACKBONE_PREFIX, build_sam3_backbone
+
+pytestmark = pytest.mark.oracle
+
+HEADS = {  # what the detector and tracker keep outside the backbone, as SAM3 names them
+    "detector.geometry_encoder",
+    "detector.transformer",
+    "detector.segmentation_head",
+    "detector.dot_prod_scoring",
+}
+
+
+@pytest.fixture(scope="module")
+def sam3_keys(oracle):
+    return oracle({"kind": "keys"}, "keys")
+
+
+@pytest.fixture(scope="module")
+def sam3_file(sam3_keys, tmp_path_factory):
+    """All 1465 keys; each tensor holds one distinct value (index / 1e4) broadcast to its shape
+    (stride 0, so the file stays small), except the RoPE tables, which hold Meta's values."""
+    shapes = sam3_keys["shapes"]
+    state = {}
+    for i, key in enumerate(sorted(shapes)):
+        if key.endswith("attn.freqs_cis"):
+            block = int(key.split("blocks.")[1].split(".")[0])
+            kind = "global" if block in (7, 15, 23, 31) else "window"
+            state[key] = sam3_keys[f"freqs_cis.{kind}"].clone()
+        else:
+            state[key] = torch.full((1,), i / 1e4).expand(shapes[key])
+    path = tmp_path_factory.mktemp("ckpt") / "sam3.pt"
+    torch.save({"model": state}, path)
+    return path, state
+
+
+def test_key_inventory_is_sam3_pt(sam3_keys):
+    keys = sam3_keys["shapes"]
+    assert len(keys) == 1465
+    assert sum(k.startswith("detector.") for k in keys) == 1156
+    assert sum(k.startswith("tracker.") for k in keys) == 309
+
+
+def test_our_backbone_has_exactly_sam3s_backbone_keys(sam3_keys):
+    with torch.device("meta"):
+        from sam3.model_builder import build_vl_backbone
+
+        model = build_vl_backbone(enable_sam2_neck=True)
+    ours = {BACKBONE_PREFIX + k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: v for k, v in sam3_keys["shapes"].items() if k.startswith(BACKBONE_PREFIX)}
+    assert ours == theirs
+
+
+def test_full_file_loads_every_backbone_key(sam3_file):
+    path, state = sam3_file
+    model = build_sam3_backbone(path, enable_sam2_neck=True)
+    report = model.load_report
+    backbone_keys = [k for k in state if k.startswith(BACKBONE_PREFIX)]
+    assert report.loaded == len(backbone_keys) == 759
+    groups = set(report.unused)
+    assert groups >= HEADS and all(g in HEADS or g.startswith("tracker.") for g in groups)
+    assert report.unused_total == 1465 - 759
+    # every tensor came from its own key
+    own = model.state_dict()
+    for key in (
+        "vision_backbone.trunk.blocks.31.mlp.fc2.weight",
+        "vision_backbone.sam2_convs.0.dconv_2x2_0.weight",
+        "language_backbone.encoder.text_projection",
+        "language_backbone.resizer.bias",
+    ):
+        assert torch.equal(own[key], state[BACKBONE_PREFIX + key].expand_as(own[key])), key
+
+
+def test_default_build_reports_sam2_neck_and_text_only_build_reports_vision(sam3_file):
+    path, _ = sam3_file
+    report = build_sam3_backbone(path).load_report
+    assert report.unused["detector.backbone.vision_backbone.sam2_convs"] == 22
+    text_only = build_sam3_backbone(path, enable_vision=False).load_report
+    assert text_only.unused["detector.backbone.vision_backbone"] == 420 + 44
+    assert text_only.loaded == 295
