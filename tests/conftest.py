@@ -51,3 +51,52 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("oracle comparisons (ours vs Meta's sam3 0.1.4)")
         for name, rel, diff in _LEDGER:
             terminalreporter.write_line(f"{name:60s} rel L2 {rel:.2e}   max |diff| {diff:.2e}")
+
+
+def make_sa1b(root: Path, n_train: int = 5, n_val: int = 2, corrupt: bool = True) -> Path:
+    """A tiny SA-1B folder: random JPEGs of assorted sizes (+ one corrupt file if asked)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            h, w = (int(v) for v in rng.integers(40, 160, 2))
+            pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"sa_{split}{i:03d}.jpg")
+    if corrupt:
+        (root / "images" / "train" / "sa_corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+def make_recap(root: Path, n: int = 10) -> Path:
+    """A tiny Recap-DataComp folder: one parquet file with a null, an empty and a duplicate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    keys = [f"k{i:04d}" for i in range(n)] + ["knull", "kempty", "k0001"]
+    caps = [f"a photo of object number {i}" for i in range(n)] + [None, "  ", "dup"]
+    pq.write_table(pa.table({"key": keys, "re_caption": caps}), root / "part-00000.parquet")
+    return root
+
+
+# Options that turn the spec's commands into smoke runs: no sam3.pt here, so a seeded random
+# tiny teacher (explicit opt-in) at 112 px (an 8x8x64 embedding).
+TINY_TEACHER = [
+    "MODEL.RESUME",
+    "",
+    "MODEL.ALLOW_RANDOM_TEACHER",
+    "True",
+    "MODEL.TEACHER_ARCH",
+    "sam3_tiny",
+    "DATA.IMG_SIZE",
+    "112",
+    "DISTILL.EMBED_DIM",
+    "64",
+    "DISTILL.EMBED_SIZE",
+    "8",
+    "DATA.NUM_WORKERS",
+    "0",
+]

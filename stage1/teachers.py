@@ -1,0 +1,146 @@
+"""SAM3 teachers for the export phase: the vision trunk alone, or the text encoder alone.
+
+The image teacher returns the trunk's last map ``[B, EMBED_DIM, EMBED_SIZE, EMBED_SIZE]``
+(before the neck: the students replace the trunk); the text teacher returns
+``language_features`` as ``[B, CONTEXT_LENGTH, 256]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from yacs.config import CfgNode
+
+from sam3.checkpoint import SAM3_DOWNLOAD_HINT
+from sam3.model.text_encoder import TextConfig
+from sam3.model.vit import ViTConfig
+from sam3.model_builder import BackboneConfig, build_sam3_backbone
+
+log = logging.getLogger(__name__)
+
+
+def _sam3_arch(img_size: int) -> BackboneConfig:
+    if img_size != 1008:
+        raise ValueError(
+            f"MODEL.TEACHER_ARCH sam3 runs at 1008x1008 only (its RoPE tables are fixed); "
+            f"DATA.IMG_SIZE is {img_size}"
+        )
+    return BackboneConfig()
+
+
+def _sam3_tiny_arch(img_size: int) -> BackboneConfig:
+    """Two narrow blocks at any multiple of 14: for smoke runs and tests, never for real use."""
+    grid = img_size // 14
+    if img_size % 14 or grid < 2:
+        raise ValueError(f"DATA.IMG_SIZE {img_size} must be a multiple of 14 (>= 28)")
+    window = grid // 2 if grid % 2 == 0 else grid
+    vit = ViTConfig(
+        img_size=img_size,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        window_size=window,
+        global_blocks=(1,),
+        pretrain_img_size=14 * window,
+    )
+    return BackboneConfig(vit=vit, text=TextConfig(width=64, heads=4, layers=2))
+
+
+# teacher architectures by MODEL.TEACHER_ARCH; each maps DATA.IMG_SIZE to a backbone config
+TEACHER_ARCHS: dict[str, Callable[[int], BackboneConfig]] = {
+    "sam3": _sam3_arch,
+    "sam3_tiny": _sam3_tiny_arch,
+}
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_teacher_weights(cfg: CfgNode) -> Path | None:
+    """The checkpoint to load, or ``None`` for an explicitly allowed random teacher."""
+    if cfg.MODEL.RESUME:
+        path = Path(cfg.MODEL.RESUME)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"MODEL.RESUME = {cfg.MODEL.RESUME!r} does not exist: {SAM3_DOWNLOAD_HINT} "
+                "(sam3_checkpoints/sam3.pt is the default), or set MODEL.RESUME to your copy"
+            )
+        return path
+    if not cfg.MODEL.ALLOW_RANDOM_TEACHER:
+        raise ValueError(
+            "MODEL.RESUME is empty, so there is no teacher to export from. Set MODEL.RESUME to "
+            "sam3.pt, or (smoke runs only) opt in to random weights with "
+            "--opts MODEL.ALLOW_RANDOM_TEACHER True"
+        )
+    return None
+
+
+class Teacher(nn.Module):
+    """A frozen SAM3 backbone side plus what a store manifest records about it."""
+
+    def __init__(self, cfg: CfgNode, kind: str, device: torch.device, checkpoint_sha: str = ""):
+        super().__init__()
+        if kind not in ("image", "text"):
+            raise ValueError(f"teacher kind must be 'image' or 'text', got {kind!r}")
+        self.kind = kind
+        self.context_length = cfg.DISTILL.CONTEXT_LENGTH
+        arch = TEACHER_ARCHS[cfg.MODEL.TEACHER_ARCH](cfg.DATA.IMG_SIZE)
+        weights = resolve_teacher_weights(cfg)
+        if weights is None:
+            log.warning(
+                "!!! RANDOM TEACHER: MODEL.RESUME is empty and MODEL.ALLOW_RANDOM_TEACHER is set. "
+                "The embeddings are meaningless for distillation (smoke runs only) and the store "
+                "manifest records them as random. !!!"
+            )
+            torch.manual_seed(cfg.SEED)  # the same random weights on every rank
+        self.backbone = build_sam3_backbone(
+            weights,
+            device=device,
+            enable_vision=kind == "image",
+            enable_text=kind == "text",
+            cfg=arch,
+        )
+        self.backbone.requires_grad_(False)
+        self.device = device
+        self.precision = cfg.DISTILL.EXPORT_PRECISION
+        self.record: dict[str, Any] = {
+            "kind": kind,
+            "arch": cfg.MODEL.TEACHER_ARCH,
+            "checkpoint": str(weights) if weights else "random",
+            "checkpoint_sha256": checkpoint_sha if weights else "random",
+            "precision": self.precision,
+        }
+        if kind == "image":
+            self.out_shape = (arch.vit.embed_dim, arch.vit.grid_size, arch.vit.grid_size)
+        else:
+            self.out_shape = (self.context_length, arch.d_model)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def forward(self, batch: Tensor | Sequence[str]) -> Tensor:
+        """Images ``[B, 3, S, S]`` -> trunk map, or captions -> ``[B, ctx, 256]``; fp32."""
+        with self._autocast():
+            if self.kind == "image":
+                out = self.backbone.vision_backbone.trunk(batch.to(self.device))[-1]
+            else:
+                out = self.backbone.forward_text(
+                    list(batch), device=self.device, context_length=self.context_length
+                )["language_features"].transpose(0, 1)
+        return out.float()

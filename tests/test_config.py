@@ -1,0 +1,92 @@
+"""The YACS config tree and the shared command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stage1.cli import build_parser, config_from_args
+from stage1.config import ConfigError, dump_json, load_config, to_dict
+
+IMAGE_CFG = "stage1/configs/teacher/sam_vit_huge_sa1b.yaml"
+TEXT_CFG = "stage1/configs/teacher/sam_text_teacher.yaml"
+
+
+def test_teacher_configs_inherit_the_base():
+    cfg = load_config(IMAGE_CFG)
+    assert (cfg.DATA.DATASET, cfg.DATA.DATA_PATH, cfg.OUTPUT) == (
+        "sa1b",
+        "data/sa-1b",
+        "output/stage1_teacher",
+    )
+    assert (cfg.DISTILL.EMBED_DIM, cfg.DISTILL.EMBED_SIZE) == (1024, 72)  # from the base
+    assert cfg.DISTILL.TEACHER_EMBED_PATH == "output/stage1_teacher/embeddings"
+    text = load_config(TEXT_CFG, ["DATA.DATASET", "recap_datacomp"])
+    assert text.DATA.DATASET == "recap_datacomp" and text.DISTILL.CONTEXT_LENGTH == 32
+    assert cfg.is_frozen()
+
+
+def test_cli_flags_and_opts_override_the_yaml(tmp_path):
+    parser = build_parser("x")
+    args = parser.parse_args(
+        [
+            "--cfg",
+            IMAGE_CFG,
+            "--data-path",
+            "d",
+            "--output",
+            str(tmp_path / "run"),
+            "--batch-size",
+            "3",
+            "--local-rank",
+            "1",
+            "--opts",
+            "DATA.NUM_WORKERS",
+            "0",
+            "TAG",
+            "t",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.DATA.DATA_PATH, cfg.DATA.BATCH_SIZE, cfg.DATA.NUM_WORKERS, cfg.TAG) == (
+        "d",
+        3,
+        0,
+        "t",
+    )
+    assert cfg.DISTILL.TEACHER_EMBED_PATH == str(tmp_path / "run" / "embeddings")
+    assert parser.parse_args(["--cfg", IMAGE_CFG, "--local_rank=0"]).local_rank == 0
+
+
+def test_unknown_keys_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="DATA.BATCHSIZE"):
+        load_config(IMAGE_CFG, ["DATA.BATCHSIZE", "4"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"BASE: ['{(tmp_path / '..').resolve()}/nope.yaml']\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("DISTILL:\n  EMBED_DIMS: 3\n")
+    with pytest.raises(ConfigError, match="EMBED_DIMS"):
+        load_config(typo)
+
+
+def test_bad_values_and_cycles(tmp_path):
+    with pytest.raises(ConfigError, match="choose one of"):
+        load_config(IMAGE_CFG, ["DATA.RESIZE_MODE", "stretch"])
+    with pytest.raises(ConfigError, match="KEY VALUE"):
+        load_config(IMAGE_CFG, ["DATA.RESIZE_MODE"])
+    with pytest.raises(ConfigError, match="CONTEXT_LENGTH"):
+        load_config(TEXT_CFG, ["DISTILL.CONTEXT_LENGTH", "77"])
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("BASE: ['b.yaml']\n")
+    b.write_text("BASE: ['a.yaml']\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(a)
+
+
+def test_config_json_is_real_json(tmp_path):
+    cfg = load_config(IMAGE_CFG, ["OUTPUT", str(tmp_path)])
+    dump_json(cfg, tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text()) == to_dict(cfg)
