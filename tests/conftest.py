@@ -54,7 +54,8 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def make_sa1b(root: Path, n_train: int = 5, n_val: int = 2, corrupt: bool = True) -> Path:
-    """A tiny SA-1B folder: random JPEGs of assorted sizes (+ one corrupt file if asked)."""
+    """A tiny SA-1B folder: smooth random JPEGs (a 4x4 grid of colours, bilinearly enlarged) of
+    assorted sizes and aspect ratios (+ one corrupt file if asked)."""
     import numpy as np
     from PIL import Image
 
@@ -63,8 +64,9 @@ def make_sa1b(root: Path, n_train: int = 5, n_val: int = 2, corrupt: bool = True
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             h, w = (int(v) for v in rng.integers(40, 160, 2))
-            pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / "images" / split / f"sa_{split}{i:03d}.jpg")
+            grid = Image.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8))
+            image = grid.resize((w, h), Image.BILINEAR)
+            image.save(root / "images" / split / f"sa_{split}{i:03d}.jpg")
     if corrupt:
         (root / "images" / "train" / "sa_corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     return root

@@ -1,0 +1,74 @@
+"""Training checkpoints: ``OUTPUT/ckpt_epoch_{N}.pth``, written atomically, read strictly.
+
+A checkpoint holds only tensors and plain containers (model, optimizer, lr_scheduler, scaler,
+epoch, student name, config as a YAML string), so it loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CKPT_RE = re.compile(r"^ckpt_epoch_(\d+)\.pth$")
+REQUIRED = ("model", "optimizer", "lr_scheduler", "epoch", "student", "config")
+
+
+class TrainCheckpointError(RuntimeError):
+    """A checkpoint in the run folder that cannot be used."""
+
+
+def checkpoint_path(out_dir: str | Path, epoch: int) -> Path:
+    """Where epoch ``epoch``'s checkpoint lives."""
+    return Path(out_dir) / f"ckpt_epoch_{epoch}.pth"
+
+
+def save_checkpoint(out_dir: str | Path, epoch: int, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``ckpt_epoch_{epoch}.pth`` via a temporary file and a rename."""
+    path = checkpoint_path(out_dir, epoch)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``ckpt_epoch_N.pth`` in ``out_dir``, oldest first."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := CKPT_RE.match(p.name))]
+    return sorted(found)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint (``weights_only=True``); raise with the file name if it is
+    unreadable or lacks an entry."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TrainCheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}). It was not "
+            "written by this code's atomic save: move it out of the run folder (or delete it) "
+            "and start again, or point OUTPUT at another folder"
+        ) from err
+    missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise TrainCheckpointError(f"{path} lacks {missing}: not a Stage-1 training checkpoint")
+    return state
+
+
+def latest_checkpoint(out_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of the run folder, loaded; ``None`` when there is none."""
+    found = list_checkpoints(out_dir)
+    if not found:
+        return None
+    path = found[-1][1]
+    return path, load_checkpoint(path)

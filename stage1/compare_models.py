@@ -1,0 +1,392 @@
+"""Parameter (and latency) report: SAM3's encoders vs the students that replace them.
+
+    PYTHONPATH=sam3 python stage1/compare_models.py --student all [--json]
+        [--latency [--latency-repeats N] [--img-size S] [--no-teacher-latency] [--device D]]
+
+Every count comes from built modules (on the ``meta`` device: nothing is allocated). For each
+student it prints the backbone, the head (vision: the 1024-d conv head; text: the 256-d
+projector) and the total, the spec's published figure, the same figure recomputed with the rule
+the spec used (students.md §1-§4), and "% smaller" both as the spec computed it and for the
+whole student against the teacher part it replaces. Where our count and the published one differ
+it prints both and the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from sam3.backbones import (  # noqa: E402
+    STUDENTS,
+    StudentInfo,
+    UnknownStudentError,
+    list_students,
+    resolve_student,
+)
+from sam3.model.neck import DualViTDetNeck  # noqa: E402
+from sam3.model.text_encoder import VETextEncoder  # noqa: E402
+from sam3.model.vit import ViT, ViTConfig  # noqa: E402
+
+# The spec's teacher figures (README_stage1 "Parameter Analysis"), in millions.
+PUBLISHED_TEACHER_M = {"vision": 461.84, "text": 353.72}
+TOLERANCE_M = 0.005  # a count "matches" a published figure within half of its last digit
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def teacher_counts() -> dict[str, dict[str, int]]:
+    """SAM3's vision backbone (trunk + ``convs`` + ``sam2_convs``) and language backbone
+    (``encoder`` + ``resizer``), counted from modules built on the meta device."""
+    with torch.device("meta"):
+        neck = DualViTDetNeck(ViT(), d_model=256, add_sam2_neck=True)
+        text = VETextEncoder()
+    vision = {
+        "trunk": _params(neck.trunk),
+        "convs": _params(neck.convs),
+        "sam2_convs": _params(neck.sam2_convs),
+    }
+    language = {"encoder": _params(text.encoder), "resizer": _params(text.resizer)}
+    vision["total"] = sum(vision.values())
+    language["total"] = sum(language.values())
+    return {"vision": vision, "text": language}
+
+
+def _build_meta(info: StudentInfo, **kwargs: Any) -> nn.Module:
+    with torch.device("meta"):
+        return info.builder(**kwargs)
+
+
+def _rule_backbone(info: StudentInfo) -> int:
+    return _build_meta(info).backbone_params()
+
+
+def _rule_whole_ctx77(info: StudentInfo) -> int:
+    model = _build_meta(info, context_length=77)
+    return _params(model) + model.width**2
+
+
+def _rule_tower_ctx16(info: StudentInfo) -> int:
+    model = _build_meta(info, context_length=16)
+    return model.backbone_params() + model.width**2
+
+
+# How the spec counted each published figure (StudentInfo.published_rule): function, reason.
+PUBLISHED_RULES: dict[str, tuple[Callable[[StudentInfo], int], str]] = {
+    "backbone": (
+        _rule_backbone,
+        "backbone only (timm features_only, last stage); the 1024-d head is not counted",
+    ),
+    "whole_ctx77_with_projection_layer": (
+        _rule_whole_ctx77,
+        "whole student with a 77-row position table (we use 32) plus MobileCLIP's unused "
+        "width x width projection_layer, which our student does not keep",
+    ),
+    "tower_ctx16_with_projection_no_projector": (
+        _rule_tower_ctx16,
+        "text tower alone with a 16-row position table (we use 32) plus the unused 768 x 768 "
+        "projection, without the 256-d projector; the rule of S0/S1 would give 123.85M",
+    ),
+}
+
+
+def _pct_smaller(count: float, reference: float) -> float:
+    return 100.0 * (1.0 - count / reference)
+
+
+def student_report(info: StudentInfo, teacher: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Counts, the published figures and their reconstruction for one student."""
+    model = _build_meta(info)
+    backbone, head = model.backbone_params(), model.head_params()
+    total = backbone + head
+    rule_fn, rule_reason = PUBLISHED_RULES[info.published_rule]
+    by_rule = rule_fn(info)
+    teacher_total = teacher[info.kind]["total"]
+    replaced = teacher["vision"]["trunk"] if info.kind == "vision" else teacher_total
+    pct_rule = _pct_smaller(by_rule, teacher_total)
+    pct_rounded = _pct_smaller(info.published_params_m, PUBLISHED_TEACHER_M[info.kind])
+    notes = []
+    if abs(by_rule / 1e6 - info.published_params_m) >= TOLERANCE_M:
+        notes.append(f"published {info.published_params_m}M not reproduced by {rule_reason}")
+    if by_rule != backbone and info.kind == "text":
+        notes.append(
+            f"published {info.published_params_m}M = {rule_reason} ({by_rule:,}); "
+            f"our tower {backbone:,} + projector {head:,} = {total:,}"
+        )
+    if f"{pct_rule:.2f}" != f"{info.published_smaller_pct:.2f}":
+        notes.append(
+            f"published {info.published_smaller_pct:.2f}% smaller; exact counts give "
+            f"{pct_rule:.4f}%, the rounded {info.published_params_m}M / "
+            f"{PUBLISHED_TEACHER_M[info.kind]}M give {pct_rounded:.4f}%"
+        )
+    return {
+        "name": info.name,
+        "zoo_name": info.zoo_name,
+        "label": info.label,
+        "kind": info.kind,
+        "backbone_params": backbone,
+        "head_params": head,
+        "total_params": total,
+        "published_params_m": info.published_params_m,
+        "published_rule": info.published_rule,
+        "params_by_published_rule": by_rule,
+        "published_reproduced": abs(by_rule / 1e6 - info.published_params_m) < TOLERANCE_M,
+        "published_smaller_pct": info.published_smaller_pct,
+        "smaller_pct_by_published_rule": pct_rule,
+        "replaces": "trunk" if info.kind == "vision" else "language backbone",
+        "replaced_params": replaced,
+        "total_smaller_pct_than_replaced": _pct_smaller(total, replaced),
+        "notes": notes,
+    }
+
+
+# ---- latency -------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_latency(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _vision_job(
+    model: nn.Module, device: torch.device, img_size: int, context: int
+) -> Callable[[], Any]:
+    x = torch.randn(1, 3, img_size, img_size, device=device)
+    return lambda: model(x)
+
+
+def _text_job(
+    model: nn.Module, device: torch.device, img_size: int, context: int
+) -> Callable[[], Any]:
+    tokens = model.tokenizer(["a photo of a red car parked next to a tall building"], context)
+    tokens = tokens.to(device)
+    if hasattr(model, "encode_tokens"):  # a student
+        return lambda: model.encode_tokens(tokens)
+    return lambda: model.resizer(model.encoder(tokens))  # SAM3's text encoder
+
+
+LATENCY_JOBS = {"vision": _vision_job, "text": _text_job}  # kind -> (model, ...) -> callable
+
+
+def _teacher_module(kind: str, img_size: int) -> nn.Module:
+    """The teacher part a student of ``kind`` replaces, randomly initialised."""
+    if kind == "vision":
+        return ViT(ViTConfig(img_size=img_size))
+    return VETextEncoder()
+
+
+def latency_report(
+    names: list[str],
+    device: torch.device,
+    img_size: int,
+    repeats: int,
+    warmup: int,
+    teacher: bool,
+) -> dict[str, Any]:
+    """Forward latency (batch 1, eval, random weights) of the students and their teachers.
+
+    Vision: one ``img_size`` image through the student vs SAM3's trunk; text: one caption
+    (32 tokens) through the student vs SAM3's text encoder + resizer.
+    """
+    out: dict[str, Any] = {"device": str(device), "img_size": img_size, "repeats": repeats}
+    teachers: dict[str, float] = {}
+    kinds = list(dict.fromkeys(STUDENTS[n].kind for n in names))
+    if teacher:
+        for kind in kinds:
+            model = _teacher_module(kind, img_size).to(device).eval()
+            job = LATENCY_JOBS[kind](model, device, img_size, 32)
+            teachers[kind] = median_latency(job, device, repeats, warmup)
+            del model
+    out["teacher_s"] = teachers
+    students = {}
+    for name in names:
+        info = STUDENTS[name]
+        kwargs = {"img_size": img_size} if info.kind == "vision" else {}
+        model = info.builder(**kwargs).to(device).eval()
+        seconds = median_latency(
+            LATENCY_JOBS[info.kind](model, device, img_size, 32), device, repeats, warmup
+        )
+        row = {"seconds": seconds}
+        if info.kind in teachers:
+            row["speedup"] = teachers[info.kind] / seconds
+        students[name] = row
+    out["students"] = students
+    return out
+
+
+# ---- output --------------------------------------------------------------------------------
+
+
+def _m(count: int) -> str:
+    return f"{count / 1e6:.2f}M"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable tables."""
+    t = report["teacher"]
+    v, x = t["vision"], t["text"]
+    lines = [
+        "SAM3 teacher (random weights, built on the meta device)",
+        f"  vision backbone   {_m(v['total'])} = trunk {_m(v['trunk'])} + convs "
+        f"{_m(v['convs'])} + sam2_convs {_m(v['sam2_convs'])}   (spec: 461.84M)",
+        f"  language backbone {_m(x['total'])} = encoder {_m(x['encoder'])} + resizer "
+        f"{_m(x['resizer'])}   (spec: 353.72M)",
+        "  decoder/heads (~45M) and the 860.06M total are not built here (no detector heads)",
+    ]
+    latency = report.get("latency")
+    for kind, title in (("vision", "Vision students"), ("text", "Text students")):
+        rows = [r for r in report["students"] if r["kind"] == kind]
+        if not rows:
+            continue
+        part = "trunk" if kind == "vision" else "language backbone"
+        lines += [
+            "",
+            f"{title} (spec: vs the teacher's {PUBLISHED_TEACHER_M[kind]}M; "
+            f"'total vs replaced': whole student vs the {part} it replaces)",
+            f"  {'model':8} {'backbone':16} {'backbone':>9} {'head':>7} {'total':>8} "
+            f"{'published':>9} {'by rule':>8} {'% smaller':>10} {'(spec)':>7} "
+            f"{'total vs replaced':>18}",
+        ]
+        for r in rows:
+            mark = "=" if r["published_reproduced"] else "!"
+            lines.append(
+                f"  {r['zoo_name']:8} {r['label']:16} {_m(r['backbone_params']):>9} "
+                f"{_m(r['head_params']):>7} {_m(r['total_params']):>8} "
+                f"{r['published_params_m']:>8.2f}M {_m(r['params_by_published_rule']):>7}{mark} "
+                f"{r['smaller_pct_by_published_rule']:>9.2f}% "
+                f"{r['published_smaller_pct']:>6.2f}% "
+                f"{r['total_smaller_pct_than_replaced']:>17.2f}%"
+            )
+        for r in rows:
+            lines += [f"  {r['zoo_name']}: {note}" for note in r["notes"]]
+        if latency:
+            given = (
+                f"{latency['img_size']}x{latency['img_size']} image"
+                if kind == "vision"
+                else "one caption, 32 tokens"
+            )
+            lines.append(
+                f"  latency ({latency['device']}, batch 1, {given}, median of "
+                f"{latency['repeats']}):"
+            )
+            if kind in latency["teacher_s"]:
+                lines.append(f"    teacher {latency['teacher_s'][kind]:.3f} s")
+            for r in rows:
+                row = latency["students"].get(r["name"])
+                if row:
+                    speed = f"  ({row['speedup']:.1f}x faster)" if "speedup" in row else ""
+                    lines.append(f"    {r['zoo_name']:8} {row['seconds']:.3f} s{speed}")
+    lines += [
+        "",
+        "'by rule': the published figure recomputed the way the spec counted it "
+        "('=' reproduced, '!' not); see the notes for every difference.",
+    ]
+    return "\n".join(lines)
+
+
+def _parse_students(value: str) -> list[str]:
+    if value.strip().lower() == "all":
+        return list_students()
+    try:
+        return [resolve_student(v) for v in value.split(",") if v.strip()]
+    except UnknownStudentError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--student",
+        type=_parse_students,
+        default=list_students(),
+        help="'all' (default), a student name (repvit_m0_9, MobileCLIP-S0, ...), a model-zoo name "
+        "(ES-EV-S, ...) or a comma-separated list of them",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time the forward pass (batch 1, eval) of each student and of the teacher "
+        "part it replaces; the teacher trunk takes ~100 s per 1008 px forward on a 2-core CPU",
+    )
+    parser.add_argument(
+        "--latency-repeats", type=int, default=3, help="timed runs per model (median reported)"
+    )
+    parser.add_argument(
+        "--latency-warmup", type=int, default=1, help="untimed runs before the timed ones"
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=1008,
+        help="input side for the vision latency (the teacher trunk needs a multiple of 336)",
+    )
+    parser.add_argument("--no-teacher-latency", action="store_true", help="time the students only")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device for the latency runs (default: cuda if available, else cpu)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Print the parameter (and latency) report; returns it as a dict."""
+    args = build_parser().parse_args(argv)
+    if args.latency_repeats < 1 or args.latency_warmup < 0:
+        raise SystemExit("--latency-repeats must be >= 1 and --latency-warmup >= 0")
+    vision = any(STUDENTS[n].kind == "vision" for n in args.student)
+    if args.latency and vision and not args.no_teacher_latency and args.img_size % 336:
+        raise SystemExit(
+            f"--img-size {args.img_size}: SAM3's trunk needs a multiple of 336 (patch 14 x "
+            "window 24); pick one (e.g. 336 or 1008) or pass --no-teacher-latency"
+        )
+    teacher = teacher_counts()
+    report: dict[str, Any] = {
+        "teacher": teacher,
+        "students": [student_report(STUDENTS[n], teacher) for n in args.student],
+    }
+    if args.latency:
+        report["latency"] = latency_report(
+            args.student,
+            torch.device(args.device),
+            args.img_size,
+            args.latency_repeats,
+            args.latency_warmup,
+            teacher=not args.no_teacher_latency,
+        )
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
