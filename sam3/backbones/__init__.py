@@ -12,7 +12,8 @@ from .registry import (
     student_kind,
 )
 from .text import TEXT_TOWERS, TextStudent
-from .vision import VISION_BACKBONES, VisionStudent, WeightFileError, read_weight_file
+from .vision import VISION_BACKBONES, VisionStudent
+from .weights import WeightFileError, read_weight_file
 
 __all__ = [
     "KINDS",

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..model.tokenizer import PAD_TOKEN, Sam3Tokenizer
 from .repmixer import MCTTextTower, padding_attn_mask
-from .vision import MAX_LISTED, WeightFileError, read_weight_file
+from .weights import WeightFileError, key_problems, read_weight_file
 
 log = logging.getLogger(__name__)
 
@@ -293,18 +293,10 @@ def _check_covers(module: nn.Module, state: dict[str, Tensor], path: Path, layou
         for k in want
         if k in state and state[k].shape != want[k].shape
     ]
-    problems = []
-    for label, items in (
-        ("missing", missing),
-        ("unexpected", unexpected),
-        ("shape mismatch", mismatched),
-    ):
-        if items:
-            more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
-            problems.append(f"{label} ({len(items)}): {items[:MAX_LISTED]}{more}")
+    problems = key_problems(missing, unexpected, mismatched)
     if problems:
         raise WeightFileError(
             f"{path} ({layout} layout) does not fit this {type(module).__name__}: "
-            + "; ".join(problems)
+            + problems
             + ". Is it a weight file of this student's architecture?"
         )

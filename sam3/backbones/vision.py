@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,16 +22,11 @@ from typing import Any, NoReturn
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
+from .weights import MAX_LISTED, WeightFileError, key_problems, read_weight_file
+
 log = logging.getLogger(__name__)
-
-MAX_LISTED = 8  # how many offending keys an error message names
-
-
-class WeightFileError(ValueError):
-    """A weight file that cannot initialise the student it was given to."""
 
 
 @dataclass(frozen=True)
@@ -56,42 +51,6 @@ VISION_BACKBONES: dict[str, VisionBackboneSpec] = {
     "efficientvit_b1": VisionBackboneSpec("efficientvit_b1", "EfficientViT-B1"),
     "efficientvit_b2": VisionBackboneSpec("efficientvit_b2", "EfficientViT-B2"),
 }
-
-
-def read_weight_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a local weight file into a flat state dict.
-
-    ``.safetensors`` via safetensors; anything else via ``torch.load(weights_only=True)``. A
-    state dict under ``"state_dict"`` or ``"model"`` is unwrapped and a DDP ``module.`` prefix on
-    every key is removed.
-
-    Raises:
-        FileNotFoundError: no such file.
-        WeightFileError: unreadable, or not a mapping of names to tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file {path} does not exist; pass the path of a local copy")
-    try:
-        if path.suffix == ".safetensors":
-            obj: Any = load_safetensors(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightFileError(f"{path} could not be read as a weight file: {err}") from err
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, Mapping):
-        raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if bad:
-        raise WeightFileError(f"{path}: entries that are not named tensors: {bad[:MAX_LISTED]}")
-    state = dict(obj)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
 
 
 def _name_key(key: str) -> str:
@@ -229,18 +188,9 @@ class VisionStudent(nn.Module):
         unexpected: Sequence[str] = (),
         mismatched: Sequence[str] = (),
     ) -> NoReturn:
-        problems = []
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape mismatch", mismatched),
-        ):
-            if items:
-                more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
-                problems.append(f"{label} ({len(items)}): {list(items)[:MAX_LISTED]}{more}")
         raise WeightFileError(
             f"{path} does not fit the {self.name} backbone (timm '{self.spec.timm_name}'): "
-            + "; ".join(problems)
+            + key_problems(missing, unexpected, mismatched)
             + f". Pass a state dict of timm.create_model('{self.spec.timm_name}') "
             f"(e.g. timm's '{self.spec.timm_name}.<tag>' weights) as .pth/.pt/.safetensors."
         )

@@ -1,0 +1,69 @@
+"""Local weight files for students: reading them, and saying precisely why one does not fit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+from torch import Tensor
+
+MAX_LISTED = 8  # how many offending keys an error message names
+
+
+class WeightFileError(ValueError):
+    """A weight file that cannot initialise the student it was given to."""
+
+
+def key_problems(
+    missing: Sequence[str] = (), unexpected: Sequence[str] = (), mismatched: Sequence[str] = ()
+) -> str:
+    """``"missing (3): [...]; unexpected (1): [...]"``: the first keys of each kind, counted."""
+    parts = []
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape mismatch", mismatched),
+    ):
+        if items:
+            more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+            parts.append(f"{label} ({len(items)}): {list(items)[:MAX_LISTED]}{more}")
+    return "; ".join(parts)
+
+
+def read_weight_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a local weight file into a flat state dict.
+
+    ``.safetensors`` via safetensors; anything else via ``torch.load(weights_only=True)``. A
+    state dict under ``"state_dict"`` or ``"model"`` is unwrapped and a DDP ``module.`` prefix on
+    every key is removed.
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightFileError: unreadable, or not a mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file {path} does not exist; pass the path of a local copy")
+    try:
+        if path.suffix == ".safetensors":
+            obj: Any = load_safetensors(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightFileError(f"{path} could not be read as a weight file: {err}") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping):
+        raise WeightFileError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise WeightFileError(f"{path}: entries that are not named tensors: {bad[:MAX_LISTED]}")
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
