@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_gelu_ = getattr(torch._C._nn, "gelu_", None)  # in-place exact GELU, used without autograd
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -125,8 +127,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Apply ``fc2(gelu(fc1(x)))``."""
-        return self.fc2(self.act(self.fc1(x)))
+        """Apply ``fc2(gelu(fc1(x)))`` (GELU in place when no gradient is recorded)."""
+        h = self.fc1(x)
+        h = F.gelu(h) if torch.is_grad_enabled() or _gelu_ is None else _gelu_(h)
+        return self.fc2(h)
 
 
 class Block(nn.Module):
@@ -145,16 +149,20 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x [B, H, W, C]`` -> same shape."""
+    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """``x [B, H, W, C]`` -> same shape; ``inplace`` adds the residuals into ``x`` (for
+        inference, when the caller owns ``x``: saves two map-sized allocations per block)."""
         y = self.norm1(x)
         if self.window_size:
             y = self.attn(window_partition(y, self.window_size))
             y = window_unpartition(y, self.window_size, x.shape[1], x.shape[2])
         else:
             y = self.attn(y)
-        x = x + y
-        return x + self.mlp(self.norm2(x))
+        if not inplace:
+            x = x + y
+            return x + self.mlp(self.norm2(x))
+        x.add_(y)
+        return x.add_(self.mlp(self.norm2(x)))
 
 
 def window_partition(x: Tensor, window: int) -> Tensor:
@@ -231,8 +239,9 @@ class ViT(nn.Module):
             )
         x = self.patch_embed(x)
         x = self.ln_pre(x + self.tiled_pos_embed(x.shape[1], x.shape[2]))
+        inplace = not torch.is_grad_enabled()  # x is ours from here on
         for blk in self.blocks:
-            x = blk(x)
+            x = blk(x, inplace)
         return [x.permute(0, 3, 1, 2)]
 
     def rope_mismatches(self, atol: float = 0.0) -> list[str]:
