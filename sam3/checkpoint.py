@@ -8,6 +8,7 @@ with its shape, and every key it does not use is counted and reported by prefix.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -53,15 +54,20 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a checkpoint file (``weights_only=True``, memory-mapped when possible).
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """Read a checkpoint file: ``(state dict, meta)``, ``meta`` being ``{}`` when there is none.
 
-    Accepts a bare state dict or one under ``"model"``; raises ``FileNotFoundError`` or
-    :class:`CheckpointError` with the file name and what to do.
+    ``.safetensors`` files are read with safetensors (``meta`` from the JSON under the
+    ``"meta"`` metadata entry); anything else with ``torch.load(weights_only=True)``,
+    memory-mapped when possible, as a bare state dict or one under ``"model"`` (then ``"meta"``
+    beside it is returned and every other entry, e.g. optimizer state, is ignored). Raises
+    ``FileNotFoundError`` or :class:`CheckpointError` with the file name and what to do.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SAM3 checkpoint {path} does not exist: {SAM3_DOWNLOAD_HINT}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
@@ -73,14 +79,37 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(
             f"{path} could not be read with torch.load(weights_only=True): {err}"
         ) from err
+    meta: dict = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        meta = dict(obj.get("meta") or {})
         obj = obj["model"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not named tensors: {bad[:MAX_LISTED]}")
-    return dict(obj)
+    return dict(obj), meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    try:
+        meta = json.loads(header.get("meta", "{}"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: the 'meta' metadata entry is not JSON: {err}") from err
+    return state, meta
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of a checkpoint file (see :func:`read_checkpoint`)."""
+    return read_checkpoint(path)[0]
 
 
 def _dotted_prefixes(keys: list[str]) -> set[str]:
@@ -152,12 +181,16 @@ def load_strict(
 
 
 def load_sam3_checkpoint(
-    module: nn.Module, checkpoint: str | Path | Mapping[str, Tensor], prefix: str
+    module: nn.Module,
+    checkpoint: str | Path | Mapping[str, Tensor],
+    prefix: str,
+    source: str = "<state dict>",
 ) -> LoadReport:
     """Read ``checkpoint`` (a path or a state dict) and :func:`load_strict` it into ``module``,
-    then check every RoPE table it brought against the one the module's geometry implies."""
+    then check every RoPE table it brought against the one the module's geometry implies.
+    ``source`` names an in-memory state dict in messages."""
     if isinstance(checkpoint, Mapping):
-        state, source = checkpoint, "<state dict>"
+        state = checkpoint
     else:
         state, source = read_state_dict(checkpoint), str(checkpoint)
     report = load_strict(module, state, prefix, source)

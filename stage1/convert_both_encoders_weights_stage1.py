@@ -1,0 +1,28 @@
+"""Phase 3: merge a vision and a text student into one SAM3 checkpoint.
+
+    python stage1/convert_both_encoders_weights_stage1.py --image-student-ckpt CKPT
+        --text-student-ckpt CKPT [--sam3-ckpt sam3_checkpoints/sam3.pt] [--output OUT.pth]
+        [--image-model-name NAME] [--text-model-name NAME] [--replace-prefix PREFIX ...]
+        [--safetensors]
+
+The default output is output/efficient_sam3_{image}_{text}.pth. See stage1/merge.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stage1.merge import MergeSummary, main_both  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> MergeSummary:
+    """Parse the command line and merge."""
+    return main_both(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Phase 3: merging students into a SAM3 checkpoint, and loading merged checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sam3.checkpoint import CheckpointError, read_checkpoint
+from sam3.model_builder import (
+    BACKBONE_PREFIX,
+    TEXT_PREFIX,
+    VISION_STUDENT_PREFIX,
+    VISION_TRUNK_PREFIX,
+    build_efficientsam3_backbone,
+    build_sam3_backbone,
+)
+from stage1 import (
+    convert_both_encoders_weights_stage1,
+    convert_image_encoder_weights_stage1,
+    convert_text_encoder_weights_stage1,
+)
+from stage1.config import load_config
+from stage1.engine import build_model
+from stage1.merge import MergeError, run_merge
+from stage1.teachers import TEACHER_ARCHS
+
+ROOT = Path(__file__).resolve().parents[1]
+GEOMETRY = ["DATA.IMG_SIZE", "112", "DISTILL.EMBED_DIM", "64", "DISTILL.EMBED_SIZE", "8"]
+TINY = TEACHER_ARCHS["sam3_tiny"](112)
+# keys of the rest of SAM3 (heads, tracker) that a merge must carry over untouched
+OTHER_KEYS = {
+    "detector.transformer.decoder.layers.0.linear1.weight": torch.float32,
+    "detector.segmentation_head.pixel_decoder.conv.bias": torch.bfloat16,
+    "detector.dot_prod_scoring.prompt_mlp.weight": torch.float16,
+    "tracker.sam_mask_decoder.iou_token.weight": torch.float32,
+}
+
+
+def _student_ckpt(path: Path, cfg_file: str, kind: str, seed: int, extra=()) -> Path:
+    """A phase-2 checkpoint (the Trainer's layout) holding a randomly perturbed student."""
+    cfg = load_config(ROOT / "stage1" / "configs" / cfg_file, [*GEOMETRY, *extra])
+    torch.manual_seed(seed)
+    model = build_model(cfg, kind)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # not the initialisation
+    state = {
+        "model": model.state_dict(),
+        "optimizer": {"state": {}, "param_groups": []},
+        "lr_scheduler": {},
+        "scaler": {},
+        "epoch": 3,
+        "num_updates": 12,
+        "student": cfg.MODEL.BACKBONE,
+        "kind": kind,
+        "config": cfg.dump(),
+    }
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny SAM3 checkpoint (backbone with both necks + head/tracker stand-ins + optimizer
+    state) and phase-2 checkpoints of ES-EV-S and ES-MC-S at its geometry."""
+    base = tmp_path_factory.mktemp("merge")
+    torch.manual_seed(0)
+    backbone = build_sam3_backbone(None, cfg=TINY, enable_sam2_neck=True)
+    state = {BACKBONE_PREFIX + k: v for k, v in backbone.state_dict().items()}
+    for key, dtype in OTHER_KEYS.items():
+        state[key] = torch.randn(3, 5).to(dtype)
+    sam3 = base / "sam3_tiny.pt"
+    torch.save({"model": state, "optimizer": {"step": torch.tensor(7)}}, sam3)
+    image = _student_ckpt(base / "image_ckpt.pth", "es_ev_s.yaml", "vision", seed=1)
+    text = _student_ckpt(base / "text_ckpt.pth", "es_mc_s.yaml", "text", seed=2)
+    return {"base": base, "sam3": sam3, "image": image, "text": text, "state": state}
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _teacher_part(key: str) -> bool:
+    return key.startswith(VISION_TRUNK_PREFIX) or key.startswith(TEXT_PREFIX)
+
+
+def _no_leftovers(folder: Path) -> None:
+    assert not [p.name for p in folder.iterdir() if ".tmp" in p.name]
+
+
+def test_both_merge_puts_students_in_place_and_keeps_the_rest(files):
+    out = files["base"] / "both.pth"
+    summary = convert_both_encoders_weights_stage1.main(
+        [
+            "--image-student-ckpt", str(files["image"]), "--text-student-ckpt", str(files["text"]),
+            "--sam3-ckpt", str(files["sam3"]), "--output", str(out),
+            "--image-model-name", "efficientvit_b0", "--text-model-name", "mobileclip_s0",
+        ]
+    )  # fmt: skip
+    obj = _load(out)
+    assert set(obj) == {"model", "meta"}  # optimizer state is not carried
+    merged, sam3 = obj["model"], files["state"]
+    image = _load(files["image"])["model"]
+    text = _load(files["text"])["model"]
+
+    vision_keys = {k for k in merged if k.startswith(VISION_TRUNK_PREFIX)}
+    assert vision_keys == {VISION_STUDENT_PREFIX + k for k in image}
+    for k, v in image.items():
+        assert torch.equal(merged[VISION_STUDENT_PREFIX + k], v), k
+    text_keys = {k for k in merged if k.startswith(TEXT_PREFIX)}
+    assert text_keys == {TEXT_PREFIX + k for k in text}  # no teacher text key left
+    for k, v in text.items():
+        assert torch.equal(merged[TEXT_PREFIX + k], v), k
+
+    kept = [k for k in sam3 if not _teacher_part(k)]
+    assert kept and set(OTHER_KEYS) <= set(kept)
+    for k in kept:
+        assert merged[k].dtype == sam3[k].dtype, k
+        assert (
+            merged[k].view(torch.uint8).flatten().tolist()
+            == sam3[k].view(torch.uint8).flatten().tolist()
+        ), k
+    assert len(merged) == len(kept) + len(image) + len(text)
+    replaced = sum(_teacher_part(k) for k in sam3)
+    assert (summary.replaced, summary.added, summary.kept) == (
+        replaced,
+        len(image) + len(text),
+        len(kept),
+    )
+
+    meta = obj["meta"]
+    assert meta["image_student"] == "efficientvit_b0"
+    assert meta["text_student"] == "MobileCLIP-S0"
+    assert meta["context_length"] == 32
+    assert meta["preprocessing"] == {
+        "img_size": 112,
+        "resize_mode": "pad",
+        "pixel_mean": [0.5, 0.5, 0.5],
+        "pixel_std": [0.5, 0.5, 0.5],
+    }
+    assert meta["students"]["image"]["embed_size"] == 8
+    assert meta["students"]["text"]["epoch"] == 3
+
+
+def test_default_output_names(files, monkeypatch):
+    monkeypatch.chdir(files["base"])
+    summary = convert_both_encoders_weights_stage1.main(
+        [
+            "--image-student-ckpt", str(files["image"]), "--text-student-ckpt", str(files["text"]),
+            "--sam3-ckpt", str(files["sam3"]),
+        ]
+    )  # fmt: skip
+    assert summary.output == Path("output/efficient_sam3_efficientvit_b0_mobileclip_s0.pth")
+    assert summary.output.is_file()
+    single = convert_image_encoder_weights_stage1.main(
+        ["--student-ckpt", str(files["image"]), "--sam3-ckpt", str(files["sam3"])]
+    )
+    assert single.output == Path("output/efficient_sam3_efficientvit_b0.pth")
+
+
+def test_image_then_text_equals_both(files):
+    base = files["base"]
+    step = convert_image_encoder_weights_stage1.main(
+        [
+            "--student-ckpt", str(files["image"]), "--sam3-ckpt", str(files["sam3"]),
+            "--output", str(base / "image_only.pth"),
+        ]
+    )  # fmt: skip
+    image_only = _load(step.output)
+    assert image_only["meta"]["text_student"] is None
+    assert any(k.startswith(TEXT_PREFIX + "resizer") for k in image_only["model"])  # teacher text
+    convert_text_encoder_weights_stage1.main(
+        [
+            "--student-ckpt", str(files["text"]), "--sam3-ckpt", str(step.output),
+            "--output", str(base / "image_then_text.pth"),
+        ]
+    )  # fmt: skip
+    both = run_merge(files["sam3"], base / "both_again.pth", files["image"], files["text"])
+    a, b = _load(base / "image_then_text.pth"), _load(both.output)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["meta"]["students"] == b["meta"]["students"]
+
+
+def test_safetensors_output_gives_the_same_model(files):
+    base = files["base"]
+    pth = run_merge(files["sam3"], base / "m.pth", files["image"], files["text"]).output
+    st = convert_both_encoders_weights_stage1.main(
+        [
+            "--image-student-ckpt", str(files["image"]), "--text-student-ckpt", str(files["text"]),
+            "--sam3-ckpt", str(files["sam3"]), "--output", str(base / "m.pth"), "--safetensors",
+        ]
+    )  # fmt: skip
+    assert st.output == base / "m.safetensors"
+    tensors = load_file(str(st.output))
+    reference = _load(pth)
+    assert tensors.keys() == reference["model"].keys()
+    assert all(torch.equal(tensors[k], reference["model"][k]) for k in tensors)
+    _, meta = read_checkpoint(st.output)
+    assert meta == json.loads(json.dumps(reference["meta"]))
+
+    a = build_efficientsam3_backbone(pth)
+    b = build_efficientsam3_backbone(st.output)
+    x = torch.randn(1, 3, 112, 112)
+    with torch.inference_mode():
+        fa, fb = a.forward_image(x), b.forward_image(x)
+        ta, tb = a.forward_text(["a cat"]), b.forward_text(["a cat"])
+    assert torch.equal(fa["vision_features"], fb["vision_features"])
+    assert torch.equal(ta["language_features"], tb["language_features"])
+
+
+def test_merged_backbone_gives_the_students_features_and_sam3_shapes(files):
+    merged = run_merge(files["sam3"], files["base"] / "run.pth", files["image"], files["text"])
+    model = build_efficientsam3_backbone(merged.output, enable_sam2_neck=True)
+    image_cfg = load_config(ROOT / "stage1/configs/es_ev_s.yaml", GEOMETRY)
+    text_cfg = load_config(ROOT / "stage1/configs/es_mc_s.yaml", GEOMETRY)
+    image_student = build_model(image_cfg, "vision").eval()
+    image_student.load_state_dict(_load(files["image"])["model"])
+    text_student = build_model(text_cfg, "text").eval()
+    text_student.load_state_dict(_load(files["text"])["model"])
+    teacher = build_sam3_backbone(files["sam3"], cfg=TINY, enable_sam2_neck=True)
+
+    x = torch.randn(2, 3, 112, 112)
+    captions = ["a red car", "two dogs on a beach, at night"]
+    with torch.inference_mode():
+        out = model.forward_image(x)
+        alone = image_student(x)
+        trunk = model.vision_backbone.trunk(x)[-1]
+        reference = teacher.forward_image(x)
+        text = model.forward_text(captions)
+        mask, features, _ = text_student(captions)
+    assert torch.equal(trunk, alone)
+    assert [m.shape for m in out["backbone_fpn"]] == [m.shape for m in reference["backbone_fpn"]]
+    assert [p.shape for p in out["vision_pos_enc"]] == [
+        p.shape for p in reference["vision_pos_enc"]
+    ]
+    assert out["sam2_backbone_out"]["vision_features"].shape == out["vision_features"].shape
+    # the neck convs are SAM3's own (kept), so a neck run on the student's map is the output
+    with torch.inference_mode():
+        neck_maps = [conv(alone) for conv in teacher.vision_backbone.convs]
+    assert torch.equal(out["vision_features"], neck_maps[-2])
+    assert torch.equal(text["language_features"], features)
+    assert torch.equal(text["language_mask"], mask)
+    assert text["language_features"].shape == (32, 2, 256)
+    assert model.meta["image_student"] == "efficientvit_b0"
+
+
+def test_bad_student_checkpoints_are_refused(files, tmp_path):
+    out = tmp_path / "out.pth"
+    with pytest.raises(MergeError, match="holds a efficientvit_b0 student but the model name"):
+        run_merge(files["sam3"], out, files["image"], image_model_name="repvit_m0_9")
+    with pytest.raises(MergeError, match="text student; the image converter"):
+        convert_image_encoder_weights_stage1.main(
+            ["--student-ckpt", str(files["text"]), "--sam3-ckpt", str(files["sam3"]), "--output",
+             str(out)]
+        )  # fmt: skip
+    other = _student_ckpt(tmp_path / "b1.pth", "es_ev_m.yaml", "vision", seed=3)
+    bare = tmp_path / "bare.pth"
+    torch.save(_load(other)["model"], bare)  # a bare state dict of EfficientViT-B1
+    with pytest.raises(MergeError, match="is not a efficientvit_b0 student"):
+        run_merge(files["sam3"], out, bare, image_model_name="efficientvit_b0")
+    with pytest.raises(MergeError, match="does not say which student"):
+        run_merge(files["sam3"], out, bare)
+    with pytest.raises(FileNotFoundError, match="phase 2 writes"):
+        run_merge(files["sam3"], out, tmp_path / "nope.pth")
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_sam3_checkpoint_without_the_trunk_is_refused(files, tmp_path):
+    state = {k: v for k, v in files["state"].items() if not k.startswith(VISION_TRUNK_PREFIX)}
+    no_trunk = tmp_path / "no_trunk.pt"
+    torch.save({"model": state}, no_trunk)
+    out = tmp_path / "out.pth"
+    with pytest.raises(MergeError, match="the image teacher part is missing"):
+        run_merge(no_trunk, out, files["image"])
+    not_sam3 = tmp_path / "not_sam3.pt"
+    torch.save({"model": {"encoder.weight": torch.zeros(2)}}, not_sam3)
+    with pytest.raises(MergeError, match="not a SAM3 checkpoint"):
+        run_merge(not_sam3, out, files["image"])
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_unwritable_output_and_failed_writes_leave_nothing(files, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(MergeError, match="cannot create the output folder"):
+        run_merge(files["sam3"], blocker / "sub" / "out.pth", files["image"])
+    with pytest.raises(MergeError, match="is a folder"):
+        run_merge(files["sam3"], tmp_path, files["image"])
+    with pytest.raises(MergeError, match="is one of the inputs"):
+        run_merge(files["sam3"], files["sam3"], files["image"])
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("stage1.merge.torch.save", full_disk)
+    out = tmp_path / "out.pth"
+    with pytest.raises(OSError, match="No space left"):
+        run_merge(files["sam3"], out, files["image"])
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_loading_a_damaged_merged_checkpoint_fails_clearly(files, tmp_path):
+    merged = run_merge(files["sam3"], tmp_path / "ok.pth", files["image"], files["text"]).output
+    obj = _load(merged)
+    leftover = dict(obj["model"])
+    trunk_key = next(k for k in files["state"] if k.startswith(VISION_TRUNK_PREFIX + "blocks"))
+    leftover[trunk_key] = files["state"][trunk_key]
+    torch.save({"model": leftover, "meta": obj["meta"]}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match="Leftover teacher keys"):
+        build_efficientsam3_backbone(tmp_path / "foreign.pth")
+
+    missing = dict(obj["model"])
+    gone = next(k for k in missing if k.startswith(VISION_STUDENT_PREFIX))
+    del missing[gone]
+    torch.save({"model": missing, "meta": obj["meta"]}, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="1 missing"):
+        build_efficientsam3_backbone(tmp_path / "missing.pth")
+
+    with pytest.raises(CheckpointError, match="names no student"):
+        build_efficientsam3_backbone(files["sam3"])
+    # without meta, names can be given; a wrong one is a clear error
+    torch.save({"model": obj["model"]}, tmp_path / "no_meta.pth")
+    model = build_efficientsam3_backbone(
+        tmp_path / "no_meta.pth", image_student="ES-EV-S", text_student="ES-MC-S", cfg=TINY
+    )
+    assert model.vision_backbone.trunk.model.name == "efficientvit_b0"
+    with pytest.raises(CheckpointError, match="is a text student"):
+        build_efficientsam3_backbone(tmp_path / "no_meta.pth", image_student="MobileCLIP-S0")

@@ -1,0 +1,89 @@
+"""The quickstart end to end (reduced), and the pictures it draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam3.model_builder import build_efficientsam3_backbone
+from stage1 import quickstart
+from stage1.pictures import (
+    cosine_map_mean,
+    feature_comparison,
+    pca_basis,
+    pca_rgb,
+    training_curves,
+)
+
+
+def test_pca_colours_are_shared_between_teacher_and_student():
+    torch.manual_seed(0)
+    teacher = torch.randn(16, 6, 7)
+    valid = torch.ones(6, 7, dtype=torch.bool)
+    valid[:, -2:] = False
+    mean, comps = pca_basis(teacher, valid)
+    rgb, limits = pca_rgb(teacher, mean, comps, valid=valid)
+    same, _ = pca_rgb(teacher.clone(), mean, comps, limits, valid)
+    other, _ = pca_rgb(torch.randn(16, 6, 7), mean, comps, limits, valid)
+    assert rgb.shape == (6, 7, 3) and 0 <= rgb.min() and rgb.max() <= 1
+    assert np.array_equal(rgb, same)
+    assert not np.allclose(rgb, other)
+    assert (rgb[:, -2:] == 0).all()  # padding is black
+    assert cosine_map_mean(teacher, teacher, valid) == pytest.approx(1.0)
+    assert cosine_map_mean(teacher, -teacher) == pytest.approx(-1.0)
+
+
+def test_picture_files(tmp_path):
+    teacher = torch.randn(8, 5, 5)
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    path = feature_comparison(tmp_path / "f.png", image, teacher, {"a": teacher, "b": -teacher})
+    with Image.open(path) as picture:
+        assert picture.width > 3 * picture.height  # four panels side by side
+    with pytest.raises(ValueError, match="map"):
+        feature_comparison(tmp_path / "g.png", image, teacher, {"a": torch.randn(8, 4, 4)})
+    curves = training_curves(tmp_path / "c.png", {"run": {"train loss": [3.0, 2.0, 1.0]}})
+    with Image.open(curves) as picture:
+        assert picture.width > 100 and picture.height > 100
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_quickstart_runs_every_phase(tmp_path, capsys):
+    out = tmp_path / "qs"
+    result = quickstart.main(
+        [
+            "--output", str(out), "--sam3-ckpt", str(tmp_path / "absent.pt"),
+            "--image-epochs", "4", "--text-epochs", "2", "--img-size", "224", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "RANDOMLY INITIALISED teacher" in printed
+    assert "what was written" in printed
+    assert not result["real_teacher"]
+    for stage in ("stage1_teacher", "stage1_text_teacher"):
+        assert (out / stage / "embeddings" / "manifest.json").is_file()
+    merged = Path(result["merged"])
+    assert merged.name == "efficient_sam3_efficientvit_b0_mobileclip_s0.pth"
+    model = build_efficientsam3_backbone(merged)
+    assert model.meta["image_student"] == "efficientvit_b0"
+    assert model.meta["text_student"] == "MobileCLIP-S0"
+    assert result["merged_vs_student_max_abs"] == 0.0
+    for key in ("features_png", "curves_png"):
+        with Image.open(result[key]) as picture:
+            assert np.asarray(picture.convert("L")).std() > 10  # drawn, not blank
+    cos = result["cos"]
+    assert cos["student, trained"] > cos["student, untrained"] + 0.1
+    text = result["text_result"].train_loss
+    assert text[-1] < text[0]
+    # a second run clears the folder it made; a foreign folder is refused
+    quickstart.prepare_output(out)
+    assert [p.name for p in out.iterdir()] == [quickstart.MARKER]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    with pytest.raises(SystemExit, match="not made by the quickstart"):
+        quickstart.prepare_output(foreign)
+    assert (foreign / "keep.txt").exists()
