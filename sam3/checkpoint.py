@@ -81,7 +81,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
         ) from err
     meta: dict = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        meta = dict(obj.get("meta") or {})
+        meta = obj.get("meta") or {}
+        if not isinstance(meta, Mapping):
+            raise CheckpointError(f"{path}: 'meta' is a {type(meta).__name__}, not a mapping")
+        meta = dict(meta)
         obj = obj["model"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
@@ -104,6 +107,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
         meta = json.loads(header.get("meta", "{}"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: the 'meta' metadata entry is not JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the 'meta' metadata entry is not a JSON object")
     return state, meta
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .backbones import build_student, resolve_student, student_kind
+from .backbones import UnknownStudentError, build_student, resolve_student, student_kind
 from .checkpoint import (
     MAX_LISTED,
     CheckpointError,
@@ -124,7 +124,10 @@ def _student_entry(meta: dict, kind: str, override: str | None, path: Path) -> d
         return None
     if "name" not in entry:
         raise CheckpointError(f"{path}: meta['students'][{kind!r}] names no student")
-    name = resolve_student(entry["name"])
+    try:
+        name = resolve_student(entry["name"])
+    except UnknownStudentError as err:
+        raise CheckpointError(f"{path}: {err}") from err
     want = "vision" if kind == "image" else "text"
     if student_kind(name) != want:
         raise CheckpointError(
@@ -223,7 +226,7 @@ def build_efficientsam3_backbone(
         raise CheckpointError(
             f"{path}: {len(foreign)} keys under the student parts that the students do not have, "
             f"first: {foreign[:MAX_LISTED]}. Leftover teacher keys? Merge again with the Stage-1 "
-            "converters, whose --replace-prefix removes them"
+            "converters: they remove the whole teacher part a student replaces"
         )
     model.load_report = report
     model.meta = meta

@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1.merge import MergeSummary, main_both  # noqa: E402
+from stage1.merge import MergeSummary, main_both, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> MergeSummary:
@@ -25,4 +25,4 @@ def main(argv: list[str] | None = None) -> MergeSummary:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -19,7 +19,9 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from sam3.backbones import build_student, get_student, resolve_student
 from sam3.backbones.weights import key_problems
 from sam3.checkpoint import CheckpointError, read_checkpoint
 from sam3.model_builder import (
+    BACKBONE_PREFIX,
     MERGED_FORMAT,
     TEXT_PREFIX,
     VISION_STUDENT_PREFIX,
@@ -44,6 +47,14 @@ KINDS = {"image": "vision", "text": "text"}  # converter kind -> registry kind
 TARGET_PREFIX = {"image": VISION_STUDENT_PREFIX, "text": TEXT_PREFIX}  # where students go
 REPLACE_PREFIX = {"image": VISION_TRUNK_PREFIX, "text": TEXT_PREFIX}  # teacher keys removed
 MERGED_VERSION = 1  # meta["version"]; bumped when the layout changes
+# what SAM3's own encoders use, recorded for the side a merge leaves to the teacher
+SAM3_PREPROCESSING = {
+    "img_size": 1008,
+    "resize_mode": "squash",
+    "pixel_mean": [0.5, 0.5, 0.5],
+    "pixel_std": [0.5, 0.5, 0.5],
+}
+SAM3_CONTEXT_LENGTH = 32
 
 
 class MergeError(ValueError):
@@ -148,6 +159,13 @@ def load_student(path: str | Path, kind: str, model_name: str | None = None) -> 
             f"{KINDS[kind]} students (use convert_{other}_encoder_weights_stage1.py)"
         )
     cfg = _student_settings(obj)
+    if not cfg:
+        log.warning(
+            "%s holds no training config: assuming SAM3's geometry (1008 px, 1024 x 72 x 72, "
+            "context 32, pad/0.5/0.5) for %s; meta records it as assumed",
+            path,
+            name,
+        )
     data, distill = cfg.get("DATA", {}), cfg.get("DISTILL", {})
     if kind == "image":
         geometry = {
@@ -173,7 +191,8 @@ def load_student(path: str | Path, kind: str, model_name: str | None = None) -> 
         "name": name,
         "zoo_name": info.zoo_name,
         **record,
-        "checkpoint": str(path),
+        "geometry_from": "training config" if cfg else "assumed (SAM3 defaults)",
+        "checkpoint": str(path.resolve()),
         "epoch": obj.get("epoch"),
     }
     return StudentWeights(kind, name, state, record)
@@ -199,48 +218,56 @@ def _check_architecture(path: Path, name: str, geometry: dict, state: dict[str, 
     model.load_state_dict(state, strict=True)  # dtype / value problems surface here
 
 
+def check_parts(sam3_state: dict[str, Tensor], kinds: Sequence[str], source: str) -> None:
+    """Fail unless ``sam3_state`` is a SAM3 checkpoint holding the part each student replaces."""
+    if not any(k.startswith("detector.") for k in sam3_state):
+        raise MergeError(f"{source} has no 'detector.*' keys: it is not a SAM3 checkpoint")
+    for kind in kinds:
+        part = REPLACE_PREFIX[kind]
+        if not any(k.startswith(part) for k in sam3_state):
+            raise MergeError(
+                f"{source} has no keys under '{part}': the {kind} teacher part is missing, so "
+                "the student would replace nothing. Pass the full sam3.pt (or a merged file)"
+            )
+
+
 def merge_state(
     sam3_state: dict[str, Tensor],
     students: Sequence[StudentWeights],
-    replace: dict[str, list[str]] | None = None,
+    extra_prefixes: Sequence[str] = (),
     source: str = "the SAM3 checkpoint",
 ) -> tuple[dict[str, Tensor], dict[str, int]]:
-    """``sam3_state`` with each student's keys put in place of the teacher keys it replaces.
+    """``sam3_state`` with each student's keys put in place of the teacher part it replaces.
 
-    ``replace`` maps a kind to the key prefixes removed for it (default :data:`REPLACE_PREFIX`).
-    Returns the merged state dict and the counts ``replaced``, ``added``, ``kept``.
+    Everything under the part a student replaces (:data:`REPLACE_PREFIX`: the whole trunk, or
+    the whole language backbone, including an earlier student there) is removed, and also
+    every key under ``extra_prefixes`` (each must lie in ``detector.backbone.`` and match a
+    key). Returns the merged state dict and the counts ``replaced``, ``added``, ``kept``.
 
     Raises:
-        MergeError: nothing to replace for a student (a checkpoint without that teacher part), or
-            a student key that would overwrite a key that is kept.
+        MergeError: not a SAM3 checkpoint, a part to replace is missing, or a bad extra prefix.
     """
-    if not any(k.startswith("detector.") for k in sam3_state):
-        raise MergeError(f"{source} has no 'detector.*' keys: it is not a SAM3 checkpoint")
-    removed: set[str] = set()
-    for student in students:
-        prefixes = (replace or {}).get(student.kind) or [REPLACE_PREFIX[student.kind]]
-        hits = {k for k in sam3_state if any(k.startswith(p) for p in prefixes)}
-        if not hits:
+    check_parts(sam3_state, [s.kind for s in students], source)
+    prefixes = [REPLACE_PREFIX[s.kind] for s in students]
+    for prefix in extra_prefixes:
+        if not prefix.startswith(BACKBONE_PREFIX) or prefix == BACKBONE_PREFIX:
             raise MergeError(
-                f"{source} has no keys under {prefixes}: the {student.kind} teacher part is "
-                "missing, so nothing would be replaced. Pass the full sam3.pt (or the right "
-                "--replace-prefix)"
+                f"--replace-prefix {prefix!r}: only keys inside '{BACKBONE_PREFIX}' (e.g. "
+                f"'{BACKBONE_PREFIX}vision_backbone.sam2_convs.') may be removed; the student "
+                "parts themselves are always replaced"
             )
-        removed |= hits
-    merged = {k: v for k, v in sam3_state.items() if k not in removed}
+        if not any(k.startswith(prefix) for k in sam3_state):
+            raise MergeError(f"--replace-prefix {prefix!r} matches no key of {source}")
+        prefixes.append(prefix)
+    merged = {k: v for k, v in sam3_state.items() if not k.startswith(tuple(prefixes))}
     kept = len(merged)
     added = 0
     for student in students:
         target = TARGET_PREFIX[student.kind]
         for key, tensor in student.state.items():
-            if target + key in merged:
-                raise MergeError(
-                    f"{target + key} is in {source} and is not replaced; the {student.name} "
-                    "student would overwrite it. Pass a --replace-prefix that covers it"
-                )
             merged[target + key] = tensor
             added += 1
-    return merged, {"replaced": len(removed), "added": added, "kept": kept}
+    return merged, {"replaced": len(sam3_state) - kept, "added": added, "kept": kept}
 
 
 def build_meta(previous: dict[str, Any], students: Sequence[StudentWeights], sam3: Path) -> dict:
@@ -250,35 +277,43 @@ def build_meta(previous: dict[str, Any], students: Sequence[StudentWeights], sam
     for student in students:
         records[student.kind] = student.record
     image, text = records.get("image"), records.get("text")
-    preprocessing = None
+    preprocessing = dict(SAM3_PREPROCESSING)
     if image:
-        keys = ("img_size", "resize_mode", "pixel_mean", "pixel_std")
-        preprocessing = {k: image[k] for k in keys if k in image}
+        preprocessing = {k: image[k] for k in SAM3_PREPROCESSING if k in image}
     return {
         "format": MERGED_FORMAT,
         "version": MERGED_VERSION,
         "image_student": image["name"] if image else None,
         "text_student": text["name"] if text else None,
-        "context_length": text.get("context_length") if text else None,
+        # SAM3's own values where its encoder stays
+        "context_length": text.get("context_length") if text else SAM3_CONTEXT_LENGTH,
         "preprocessing": preprocessing,
         "students": records,
-        "sam3_checkpoint": str(previous.get("sam3_checkpoint") or sam3),
+        "sam3_checkpoint": str(previous.get("sam3_checkpoint") or sam3.resolve()),
     }
 
 
 def check_output(output: Path, inputs: Sequence[Path]) -> None:
-    """Fail early (before any heavy work) when ``output`` cannot be written."""
+    """Fail early (before any heavy work) when ``output`` cannot be written: it is an input or
+    a folder, or its folder cannot be created or written (tried with a probe file)."""
     if any(output.resolve() == p.resolve() for p in inputs if p.exists()):
         raise MergeError(f"--output {output} is one of the inputs; write to a new file")
-    parent = output.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise MergeError(f"cannot create the output folder {parent}: {err}") from err
     if output.is_dir():
         raise MergeError(f"--output {output} is a folder; give a file name")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MergeError(f"the output folder {parent} is not writable; pass another --output")
+    folder = output.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise MergeError(
+            f"cannot create the output folder {folder}: {existing} is a file; pass another --output"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise MergeError(
+            f"the output folder {folder} is not writable ({err.strerror or err}); pass another "
+            "--output"
+        ) from err
 
 
 def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -298,6 +333,7 @@ def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def save_merged(output: Path, state: dict[str, Tensor], meta: dict, safetensors: bool) -> None:
     """Write ``{"model", "meta"}`` (``.pth``) or a ``.safetensors`` file with ``meta`` in its
     metadata, through a temporary file in the same folder and a rename."""
+    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     try:
         if safetensors:
@@ -317,9 +353,23 @@ def save_merged(output: Path, state: dict[str, Tensor], meta: dict, safetensors:
         raise
 
 
+def default_output(students: Sequence[StudentWeights]) -> Path:
+    """``output/efficient_sam3_{image}[_{text}].pth`` from the students' canonical names."""
+    names = "_".join(file_name(s.name) for s in sorted(students, key=lambda s: s.kind))
+    return Path("output") / f"efficient_sam3_{names}.pth"
+
+
+def _with_format(output: Path, safetensors: bool) -> tuple[Path, bool]:
+    if not safetensors:
+        return output, output.suffix == ".safetensors"
+    if output.suffix in (".pth", ".pt"):
+        return output.with_suffix(".safetensors"), True
+    return (output if output.suffix == ".safetensors" else Path(f"{output}.safetensors")), True
+
+
 def run_merge(
     sam3_ckpt: str | Path,
-    output: str | Path,
+    output: str | Path | None,
     image_ckpt: str | Path | None = None,
     text_ckpt: str | Path | None = None,
     image_model_name: str | None = None,
@@ -327,56 +377,44 @@ def run_merge(
     replace_prefix: Sequence[str] | None = None,
     safetensors: bool = False,
 ) -> MergeSummary:
-    """Check the students, merge them into ``sam3_ckpt`` and write ``output`` atomically.
+    """Check the inputs, merge the students into ``sam3_ckpt`` and write ``output`` atomically.
 
-    ``replace_prefix`` (optional) lists the teacher key prefixes to remove instead of the
-    defaults; with both students, each prefix applies to the student whose part it lies in.
+    Order: the output location, then the SAM3 checkpoint's parts (memory-mapped, cheap), then
+    each student against its architecture; only then is anything written. ``output=None``
+    gives :func:`default_output`. ``replace_prefix`` lists further teacher key prefixes to
+    remove (see :func:`merge_state`). ``safetensors`` (or an output ending in
+    ``.safetensors``) writes safetensors.
     """
     if image_ckpt is None and text_ckpt is None:
         raise MergeError("nothing to merge: give an image and/or a text student checkpoint")
-    output = Path(output)
-    if safetensors and output.suffix != ".safetensors":
-        output = output.with_suffix(".safetensors")
-    safetensors = safetensors or output.suffix == ".safetensors"
     sam3_path = Path(sam3_ckpt)
     inputs = [sam3_path, *(Path(p) for p in (image_ckpt, text_ckpt) if p)]
-    check_output(output, inputs)
+    if output is not None:
+        output, safetensors = _with_format(Path(output), safetensors)
+        check_output(output, inputs)
+    else:
+        check_output(Path("output") / "probe.pth", inputs)
+    try:
+        sam3_state, previous = read_checkpoint(sam3_path)
+    except CheckpointError as err:
+        raise MergeError(str(err)) from err
+    kinds = [k for k, p in (("image", image_ckpt), ("text", text_ckpt)) if p]
+    check_parts(sam3_state, kinds, str(sam3_path))
     students = []
     if image_ckpt:
         students.append(load_student(image_ckpt, "image", image_model_name))
     if text_ckpt:
         students.append(load_student(text_ckpt, "text", text_model_name))
     for s in students:
-        log.info("%s student %s (%s) checked against its architecture", s.kind, s.name, s.record)
-    try:
-        sam3_state, previous = read_checkpoint(sam3_path)
-    except CheckpointError as err:
-        raise MergeError(str(err)) from err
-    replace = _assign_prefixes(replace_prefix, [s.kind for s in students])
-    merged, counts = merge_state(sam3_state, students, replace, str(sam3_path))
+        log.info("%s student %s checked against its architecture", s.kind, s.name)
+    if output is None:
+        output, safetensors = _with_format(default_output(students), safetensors)
+        check_output(output, inputs)
+    merged, counts = merge_state(sam3_state, students, replace_prefix or (), str(sam3_path))
     meta = build_meta(previous, students, sam3_path)
     log.info("writing %s (%d tensors)", output, len(merged))
     save_merged(output, merged, meta, safetensors)
     return MergeSummary(output, meta=meta, **counts)
-
-
-def _assign_prefixes(prefixes: Sequence[str] | None, kinds: list[str]) -> dict[str, list[str]]:
-    """Give each ``--replace-prefix`` to the student whose part (vision / language) it is in."""
-    if not prefixes:
-        return {}
-    out: dict[str, list[str]] = {}
-    roots = {"image": "detector.backbone.vision_backbone.", "text": TEXT_PREFIX}
-    for prefix in prefixes:
-        owners = [k for k in kinds if prefix.startswith(roots[k]) or roots[k].startswith(prefix)]
-        if len(kinds) == 1:
-            owners = kinds
-        if len(owners) != 1:
-            raise MergeError(
-                f"--replace-prefix {prefix!r} is not inside one student's part "
-                f"({[roots[k] for k in kinds]})"
-            )
-        out.setdefault(owners[0], []).append(prefix)
-    return out
 
 
 # ----------------------------------------------------------------------------- command lines
@@ -391,8 +429,9 @@ def _parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--replace-prefix",
         action="append",
-        help="teacher key prefix to remove (repeatable; default: the whole part the student "
-        f"replaces: {REPLACE_PREFIX['image']} / {REPLACE_PREFIX['text']})",
+        help="further teacher key prefix to remove, inside detector.backbone. (repeatable); the "
+        f"part a student replaces ({REPLACE_PREFIX['image']} / {REPLACE_PREFIX['text']}) is "
+        "always removed",
     )
     p.add_argument(
         "--safetensors",
@@ -400,15 +439,6 @@ def _parser(description: str) -> argparse.ArgumentParser:
         help="write a .safetensors file (meta in its metadata) instead of a .pth",
     )
     return p
-
-
-def _stored_name(path: str | Path, kind: str) -> str:
-    """The student name a phase-2 checkpoint records (for the default output name)."""
-    name = _read_student_file(Path(path)).get("student")
-    if not isinstance(name, str):
-        flag = "--model-name" if kind == "single" else f"--{kind}-model-name"
-        raise MergeError(f"{path} does not say which student it holds; pass {flag}")
-    return resolve_student(name)
 
 
 def _setup_console_logging() -> None:
@@ -435,9 +465,6 @@ def main_single(kind: str, argv: list[str] | None = None) -> MergeSummary:
     )
     args = p.parse_args(argv)
     _setup_console_logging()
-    if args.output is None:
-        name = args.model_name or _stored_name(args.student_ckpt, "single")
-        args.output = f"output/efficient_sam3_{file_name(name)}.pth"
     names = {"image_model_name" if kind == "image" else "text_model_name": args.model_name}
     return _finish(
         run_merge(
@@ -467,10 +494,6 @@ def main_both(argv: list[str] | None = None) -> MergeSummary:
     )
     args = p.parse_args(argv)
     _setup_console_logging()
-    if args.output is None:
-        image = args.image_model_name or _stored_name(args.image_student_ckpt, "image")
-        text = args.text_model_name or _stored_name(args.text_student_ckpt, "text")
-        args.output = f"output/efficient_sam3_{file_name(image)}_{file_name(text)}.pth"
     return _finish(
         run_merge(
             args.sam3_ckpt,
@@ -483,3 +506,12 @@ def main_both(argv: list[str] | None = None) -> MergeSummary:
             safetensors=args.safetensors,
         )
     )
+
+
+def run_cli(main: Callable[[list[str] | None], MergeSummary]) -> None:
+    """Run a converter's ``main``; expected failures end with one clear line, not a traceback."""
+    try:
+        main(None)
+    except (MergeError, CheckpointError, FileNotFoundError, KeyError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        sys.exit(f"error: {message}")

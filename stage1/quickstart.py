@@ -257,7 +257,6 @@ def draw_features(out: Path, setup: Setup, image_cfg, image_ckpt: Path, merged: 
 def run_merged(merged: Path, setup: Setup, text_captions: list[str]) -> None:
     """Load the merged checkpoint and run the whole VL backbone, neck included."""
     model = build_efficientsam3_backbone(merged)
-    print("  " + model.load_report.summary().replace("\n", "\n  "))
     size = setup.img_size
     with torch.inference_mode():
         image_out = model.forward_image(torch.zeros(1, 3, size, size))
@@ -274,25 +273,29 @@ def run_merged(merged: Path, setup: Setup, text_captions: list[str]) -> None:
 def list_outputs(out: Path) -> None:
     """What the run wrote, folder by folder, with sizes."""
     say("done:", f"what was written under {out}")
-    for entry in sorted(out.iterdir()):
-        if entry.name == MARKER:
-            continue
+    entries = [e for e in sorted(out.iterdir()) if e.name != MARKER]
+    width = max(len(e.name) + 1 for e in entries)
+    for entry in entries:
         if entry.is_dir():
             files = [p for p in entry.rglob("*") if p.is_file()]
             size = sum(p.stat().st_size for p in files)
-            print(f"  {entry.name + '/':28} {len(files):4d} files {size / 2**20:9.1f} MiB")
+            print(f"  {entry.name + '/':{width}} {size / 2**20:9.1f} MiB in {len(files)} files")
             for p in sorted(entry.iterdir()):
                 if p.is_file() and p.suffix in (".png", ".pth", ".json"):
                     print(f"    {p.name}")
         else:
-            print(f"  {entry.name:28} {'':10} {entry.stat().st_size / 2**20:9.1f} MiB")
+            print(f"  {entry.name:{width}} {entry.stat().st_size / 2**20:9.1f} MiB")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", default="output/quickstart", help="folder for everything")
-    p.add_argument("--sam3-ckpt", default="sam3_checkpoints/sam3.pt", help="SAM3 checkpoint")
+    p.add_argument(
+        "--sam3-ckpt",
+        default=str(REPO / "sam3_checkpoints" / "sam3.pt"),
+        help="SAM3 checkpoint; when it does not exist, a reduced random teacher is used",
+    )
     p.add_argument("--image-epochs", type=int, default=25, help="ES-EV-S training epochs")
     p.add_argument("--text-epochs", type=int, default=6, help="ES-MC-S training epochs")
     p.add_argument(

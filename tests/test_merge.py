@@ -151,7 +151,7 @@ def test_default_output_names(files, monkeypatch):
     summary = convert_both_encoders_weights_stage1.main(
         [
             "--image-student-ckpt", str(files["image"]), "--text-student-ckpt", str(files["text"]),
-            "--sam3-ckpt", str(files["sam3"]),
+            "--sam3-ckpt", str(files["sam3"]), "--image-model-name", "ES-EV-S",
         ]
     )  # fmt: skip
     assert summary.output == Path("output/efficient_sam3_efficientvit_b0_mobileclip_s0.pth")
@@ -268,7 +268,20 @@ def test_bad_student_checkpoints_are_refused(files, tmp_path):
     with pytest.raises(FileNotFoundError, match="phase 2 writes"):
         run_merge(files["sam3"], out, tmp_path / "nope.pth")
     assert not out.exists()
-    _no_leftovers(tmp_path)
+
+
+def test_ddp_prefixed_and_bf16_students_merge(files, tmp_path):
+    obj = _load(files["image"])
+    obj["model"] = {"module." + k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                    for k, v in obj["model"].items()}  # fmt: skip
+    torch.save(obj, tmp_path / "ddp_bf16.pth")
+    merged = run_merge(files["sam3"], tmp_path / "m.pth", tmp_path / "ddp_bf16.pth").output
+    state = _load(merged)["model"]
+    key = VISION_STUDENT_PREFIX + "head.0.weight"
+    assert state[key].dtype == torch.bfloat16
+    assert not any(".module." in k for k in state)
+    model = build_efficientsam3_backbone(merged, cfg=TINY)
+    assert model.vision_backbone.trunk.model.head[0].weight.dtype == torch.float32
 
 
 def test_sam3_checkpoint_without_the_trunk_is_refused(files, tmp_path):
@@ -278,12 +291,69 @@ def test_sam3_checkpoint_without_the_trunk_is_refused(files, tmp_path):
     out = tmp_path / "out.pth"
     with pytest.raises(MergeError, match="the image teacher part is missing"):
         run_merge(no_trunk, out, files["image"])
+    state = {k: v for k, v in files["state"].items() if not k.startswith(TEXT_PREFIX)}
+    torch.save({"model": state}, tmp_path / "no_text.pt")
+    with pytest.raises(MergeError, match="the text teacher part is missing"):
+        run_merge(tmp_path / "no_text.pt", out, files["image"], files["text"])
     not_sam3 = tmp_path / "not_sam3.pt"
     torch.save({"model": {"encoder.weight": torch.zeros(2)}}, not_sam3)
     with pytest.raises(MergeError, match="not a SAM3 checkpoint"):
         run_merge(not_sam3, out, files["image"])
     assert not out.exists()
-    _no_leftovers(tmp_path)
+
+
+def test_replace_prefix_removes_more_but_never_less(files, tmp_path):
+    sam2 = BACKBONE_PREFIX + "vision_backbone.sam2_convs."
+    summary = convert_image_encoder_weights_stage1.main(
+        [
+            "--student-ckpt", str(files["image"]), "--sam3-ckpt", str(files["sam3"]),
+            "--output", str(tmp_path / "a.pth"),
+            "--replace-prefix", VISION_TRUNK_PREFIX + "blocks.", "--replace-prefix", sam2,
+        ]
+    )  # fmt: skip
+    state = _load(summary.output)["model"]
+    assert not any(k.startswith(sam2) for k in state)
+    teacher_trunk = [k for k in state if k.startswith(VISION_TRUNK_PREFIX)]
+    assert all(k.startswith(VISION_STUDENT_PREFIX) for k in teacher_trunk)  # the part, whole
+    assert any(k.startswith(BACKBONE_PREFIX + "vision_backbone.convs.") for k in state)
+    removed = sum(k.startswith((VISION_TRUNK_PREFIX, sam2)) for k in files["state"])
+    assert summary.replaced == removed
+    for bad, message in (
+        ("detector.transformer.", "only keys inside"),
+        (BACKBONE_PREFIX + "nothing_here.", "matches no key"),
+    ):
+        with pytest.raises(MergeError, match=message):
+            run_merge(files["sam3"], tmp_path / "b.pth", files["image"], replace_prefix=[bad])
+    assert not (tmp_path / "b.pth").exists()
+
+
+def test_a_new_student_replaces_an_earlier_one(files, tmp_path):
+    first = _student_ckpt(tmp_path / "rv.pth", "es_rv_s.yaml", "vision", seed=5)
+    step = run_merge(files["sam3"], tmp_path / "rv_merged.pth", first, files["text"]).output
+    again = run_merge(step, tmp_path / "ev_merged.pth", files["image"]).output
+    direct = run_merge(files["sam3"], tmp_path / "direct.pth", files["image"], files["text"])
+    a, b = _load(again), _load(direct.output)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["meta"]["image_student"] == "efficientvit_b0"
+    assert a["meta"]["text_student"] == "MobileCLIP-S0"  # kept from the earlier merge
+
+
+def test_single_part_merges_record_sam3_values_and_load(files, tmp_path):
+    text_only = run_merge(files["sam3"], tmp_path / "t.pth", text_ckpt=files["text"]).output
+    meta = _load(text_only)["meta"]
+    assert meta["image_student"] is None
+    assert meta["preprocessing"]["resize_mode"] == "squash"
+    assert meta["preprocessing"]["img_size"] == 1008
+    model = build_efficientsam3_backbone(text_only, cfg=TINY)  # SAM3's trunk, the text student
+    teacher = build_sam3_backbone(files["sam3"], cfg=TINY)
+    x = torch.randn(1, 3, 112, 112)
+    with torch.inference_mode():
+        assert torch.equal(
+            model.forward_image(x)["vision_features"], teacher.forward_image(x)["vision_features"]
+        )
+    image_only = run_merge(files["sam3"], tmp_path / "i.pth", files["image"]).output
+    assert _load(image_only)["meta"]["context_length"] == 32
 
 
 def test_unwritable_output_and_failed_writes_leave_nothing(files, tmp_path, monkeypatch):
@@ -295,15 +365,23 @@ def test_unwritable_output_and_failed_writes_leave_nothing(files, tmp_path, monk
         run_merge(files["sam3"], tmp_path, files["image"])
     with pytest.raises(MergeError, match="is one of the inputs"):
         run_merge(files["sam3"], files["sam3"], files["image"])
+    with pytest.raises(MergeError, match="is not writable"):
+        run_merge(files["sam3"], Path("/proc/efficientsam3_merge_test.pth"), files["image"])
+    existing = tmp_path / "out.pth"
+    existing.write_bytes(b"an earlier merge")
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("stage1.merge.torch.save", full_disk)
-    out = tmp_path / "out.pth"
     with pytest.raises(OSError, match="No space left"):
-        run_merge(files["sam3"], out, files["image"])
-    assert not out.exists()
+        run_merge(files["sam3"], existing, files["image"])
+    assert existing.read_bytes() == b"an earlier merge"  # untouched
+    _no_leftovers(tmp_path)
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_merge(files["sam3"], tmp_path / "new.pth", files["image"], safetensors=True)
+    assert not (tmp_path / "new.safetensors").exists()
     _no_leftovers(tmp_path)
 
 
@@ -334,3 +412,19 @@ def test_loading_a_damaged_merged_checkpoint_fails_clearly(files, tmp_path):
     assert model.vision_backbone.trunk.model.name == "efficientvit_b0"
     with pytest.raises(CheckpointError, match="is a text student"):
         build_efficientsam3_backbone(tmp_path / "no_meta.pth", image_student="MobileCLIP-S0")
+
+
+def test_command_line_errors_are_one_line(files, tmp_path):
+    import subprocess
+    import sys
+
+    script = ROOT / "stage1" / "convert_text_encoder_weights_stage1.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--student-ckpt", str(files["image"]),
+         "--sam3-ckpt", str(files["sam3"]), "--output", str(tmp_path / "x.pth")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "error: " in run.stderr and "the text converter merges text students" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "x.pth").exists()

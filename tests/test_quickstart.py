@@ -51,6 +51,21 @@ def test_picture_files(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_an_existing_sam3_checkpoint_is_the_teacher(tmp_path, capsys):
+    sam3 = tmp_path / "sam3.pt"
+    sam3.write_bytes(b"stand-in")  # only its existence is looked at here
+    setup = quickstart.choose_teacher(sam3, tmp_path, 448)
+    assert (setup.teacher_ckpt, setup.arch, setup.img_size, setup.real) == (
+        sam3,
+        "sam3",
+        1008,
+        True,
+    )
+    assert (setup.embed_dim, setup.embed_size) == (1024, 72)
+    assert "Teacher: SAM3 from" in capsys.readouterr().out
+    assert not list(tmp_path.glob("sam3_tiny*"))
+
+
 def test_quickstart_runs_every_phase(tmp_path, capsys):
     out = tmp_path / "qs"
     result = quickstart.main(
