@@ -1,10 +1,12 @@
 """Our SAM3 vision trunk vs Meta's (``sam3==0.1.4``) on the same weights and input, on this CPU.
 
 Two worker processes hold one trunk each (ours, Meta's from the oracle folder), built with the
-same seeded weights; the parent asks them in turn for one timed forward pass, so the runs
-alternate and never overlap. It prints every time, the medians, the ratio ours / Meta's, the
-largest difference between the two outputs, and then a bf16-autocast run of ours: its median
-time, the speed-up over fp32, and its cosine similarity to the fp32 output.
+same seeded weights; after one untimed warm-up pass each, the parent asks them in turn for one
+timed forward pass, so the runs alternate (ABBA order) and never overlap. It prints every time,
+the medians and their ratio ours / Meta's, the median of the per-round ratios (each round times
+both back to back, so slow drifts of the machine cancel), the largest difference between the
+two outputs, and then a bf16-autocast run of ours: its median time, the speed-up over fp32, and
+its cosine similarity to the fp32 output.
 
     python tests/reference/prepare_oracle.py     # once: installs Meta's package for the oracle
     python benchmarks/teacher_vs_reference.py    # full size (1008², 32 blocks): ~10 min, 2 cores
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="full", help="trunk geometry")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
     parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed runs per implementation before timing"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=torch.get_num_threads(),
@@ -185,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}"
     )
     ours, meta = Worker("ours", args.size, args.threads), Worker("meta", args.size, args.threads)
+    for _ in range(args.warmup):
+        for w in (ours, meta):
+            print(f"  warm-up: {w.name:4s} fp32 {w.ask('run', 'fp32'):8.2f} s", flush=True)
     times: dict[str, list[float]] = {"ours": [], "meta": []}
     for i in range(args.repeats):
         for w in (ours, meta) if i % 2 == 0 else (meta, ours):
@@ -198,9 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     meta.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     rel = ((a - b).norm() / b.norm()).item()
+    paired = statistics.median(o / m for o, m in zip(times["ours"], times["meta"]))
     print(
         f"fp32 median: ours {med['ours']:.2f} s, Meta {med['meta']:.2f} s, "
-        f"ratio ours/Meta = {med['ours'] / med['meta']:.3f}"
+        f"ratio ours/Meta = {med['ours'] / med['meta']:.3f} "
+        f"(median of per-round ratios {paired:.3f})"
     )
     print(f"outputs: max |diff| = {(a - b).abs().max().item():.3e}, relative L2 = {rel:.3e}")
 
