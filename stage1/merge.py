@@ -31,7 +31,7 @@ import yaml
 from torch import Tensor
 
 from sam3.backbones import build_student, get_student, resolve_student
-from sam3.backbones.weights import key_problems
+from sam3.backbones.weights import state_problems
 from sam3.checkpoint import CheckpointError, read_checkpoint
 from sam3.model_builder import (
     BACKBONE_PREFIX,
@@ -201,15 +201,7 @@ def load_student(path: str | Path, kind: str, model_name: str | None = None) -> 
 def _check_architecture(path: Path, name: str, geometry: dict, state: dict[str, Tensor]) -> None:
     """Strictly load ``state`` into a freshly built ``name`` student."""
     model = build_student(name, **geometry)
-    want = model.state_dict()
-    missing = [k for k in want if k not in state]
-    unexpected = [k for k in state if k not in want]
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(want[k].shape)}"
-        for k in want
-        if k in state and state[k].shape != want[k].shape
-    ]
-    problems = key_problems(missing, unexpected, mismatched)
+    problems = state_problems(model.state_dict(), state)
     if problems:
         raise MergeError(
             f"{path} is not a {name} student ({geometry}): {problems}. Pass the checkpoint of "

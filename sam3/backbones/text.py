@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..model.tokenizer import PAD_TOKEN, Sam3Tokenizer
 from .repmixer import MCTTextTower, padding_attn_mask
-from .weights import WeightFileError, key_problems, read_weight_file
+from .weights import WeightFileError, read_weight_file, state_problems
 
 log = logging.getLogger(__name__)
 
@@ -285,15 +285,7 @@ def _detect_layout(state: dict[str, Tensor]) -> tuple[str, str, str]:
 def _check_covers(module: nn.Module, state: dict[str, Tensor], path: Path, layout: str) -> None:
     """Raise :class:`WeightFileError` unless ``state`` holds exactly ``module``'s tensors (BN's
     ``num_batches_tracked`` may be absent)."""
-    want = module.state_dict()
-    missing = [k for k in want if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in want]
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(want[k].shape)}"
-        for k in want
-        if k in state and state[k].shape != want[k].shape
-    ]
-    problems = key_problems(missing, unexpected, mismatched)
+    problems = state_problems(module.state_dict(), state, may_lack="num_batches_tracked")
     if problems:
         raise WeightFileError(
             f"{path} ({layout} layout) does not fit this {type(module).__name__}: "

@@ -33,6 +33,22 @@ def key_problems(
     return "; ".join(parts)
 
 
+def state_problems(
+    want: Mapping[str, Tensor], state: Mapping[str, Tensor], may_lack: str = ""
+) -> str:
+    """:func:`key_problems` of ``state`` against a module's ``want``ed state dict: missing,
+    unexpected and shape-mismatched keys ("" when it fits). Keys of ``want`` ending in
+    ``may_lack`` (e.g. ``"num_batches_tracked"``) may be absent."""
+    missing = [k for k in want if k not in state and not (may_lack and k.endswith(may_lack))]
+    unexpected = [k for k in state if k not in want]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(want[k].shape)}"
+        for k in want
+        if k in state and state[k].shape != want[k].shape
+    ]
+    return key_problems(missing, unexpected, mismatched)
+
+
 def read_weight_file(path: str | Path) -> dict[str, Tensor]:
     """Read a local weight file into a flat state dict.
 
