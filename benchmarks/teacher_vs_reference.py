@@ -1,12 +1,13 @@
 """Our SAM3 vision trunk vs Meta's (``sam3==0.1.4``) on the same weights and input, on this CPU.
 
 Two worker processes hold one trunk each (ours, Meta's from the oracle folder), built with the
-same seeded weights; after one untimed warm-up pass each, the parent asks them in turn for one
-timed forward pass, so the runs alternate (ABBA order) and never overlap. It prints every time,
-the medians and their ratio ours / Meta's, the median of the per-round ratios (each round times
-both back to back, so slow drifts of the machine cancel), the largest difference between the
-two outputs, and then a bf16-autocast run of ours: its median time, the speed-up over fp32, and
-its cosine similarity to the fp32 output.
+same seeded weights; ours runs as the export's CPU teacher does, with oneDNN-packed weights in its
+linears (``--plain`` times it without). After one untimed warm-up pass each, the parent asks
+them in turn for one timed forward pass, so the runs alternate (ABBA order) and never overlap. It
+prints every time, the medians and their ratio ours / Meta's, the median of the per-round ratios
+(each round times both back to back, so slow drifts of the machine cancel), the largest
+difference between the two outputs, and then a bf16-autocast run of ours: its median time, the
+speed-up over fp32, and its cosine similarity to the fp32 output.
 
     python tests/reference/prepare_oracle.py     # once: installs Meta's package for the oracle
     python benchmarks/teacher_vs_reference.py    # full size (1008², 32 blocks): ~10 min, 2 cores
@@ -71,7 +72,7 @@ def _build_trunk(impl: str, geometry: dict) -> torch.nn.Module:
     return meta_oracle.build_meta_trunk(meta_oracle.import_meta(), geometry)
 
 
-def worker(impl: str, size: str, threads: int) -> None:
+def worker(impl: str, size: str, threads: int, plain: bool) -> None:
     """Serve timed forward passes: read a command per line, answer ``ok <seconds>``."""
     torch.set_num_threads(threads)
     sys.path.insert(0, str(REFERENCE))
@@ -80,6 +81,8 @@ def worker(impl: str, size: str, threads: int) -> None:
     geometry = SIZES[size]
     trunk = _build_trunk(impl, geometry).eval()
     seeded_state(trunk, SEED)
+    if impl == "ours" and not plain:
+        trunk.pack_for_cpu()
     x = seeded_input([1, 3, geometry["img_size"], geometry["img_size"]], INPUT_SEED)
     last: dict[str, torch.Tensor] = {}
     print("ready", flush=True)
@@ -106,7 +109,7 @@ def worker(impl: str, size: str, threads: int) -> None:
 class Worker:
     """A worker process seen from the parent."""
 
-    def __init__(self, impl: str, size: str, threads: int):
+    def __init__(self, impl: str, size: str, threads: int, plain: bool = False):
         env = dict(os.environ)
         if impl == "meta":
             sys.path.insert(0, str(REFERENCE))
@@ -128,7 +131,7 @@ class Worker:
             size,
             "--threads",
             str(threads),
-        ]
+        ] + (["--plain"] if plain else [])
         self.name = impl
         self.proc = subprocess.Popen(
             cmd,
@@ -179,17 +182,21 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="timed bf16 runs (default: --repeats; 0 skips bf16)",
     )
+    parser.add_argument(
+        "--plain", action="store_true", help="time our trunk without oneDNN-packed weights"
+    )
     parser.add_argument("--worker", choices=["ours", "meta"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.size, args.threads)
+        worker(args.worker, args.size, args.threads, args.plain)
         return
 
     print(
         f"trunk '{args.size}', {args.repeats} alternating runs each, {args.threads} threads, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}; ours {'plain' if args.plain else 'with packed weights'}"
     )
-    ours, meta = Worker("ours", args.size, args.threads), Worker("meta", args.size, args.threads)
+    ours = Worker("ours", args.size, args.threads, args.plain)
+    meta = Worker("meta", args.size, args.threads)
     for _ in range(args.warmup):
         for w in (ours, meta):
             print(f"  warm-up: {w.name:4s} fp32 {w.ask('run', 'fp32'):8.2f} s", flush=True)

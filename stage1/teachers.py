@@ -116,6 +116,9 @@ class Teacher(nn.Module):
         self.backbone.requires_grad_(False)
         self.device = device
         self.precision = cfg.DISTILL.EXPORT_PRECISION
+        if kind == "image" and device.type == "cpu" and self.precision == "fp32":
+            packed = self.backbone.vision_backbone.trunk.pack_for_cpu()
+            log.info("CPU teacher: %d trunk linears use oneDNN-packed weights", packed)
         self.record: dict[str, Any] = {
             "kind": kind,
             "arch": cfg.MODEL.TEACHER_ARCH,

@@ -228,8 +228,10 @@ def test_full_size_teacher_record_equals_trunk_output(tmp_path):
     )
     stored = EmbeddingStore(out / "embeddings").get("sa_train000").astype(np.float32)
     image, _ = ImageTransform(1008)(load_rgb(data / "images" / "train" / "sa_train000.jpg"))
+    trunk = model.vision_backbone.trunk
+    assert trunk.pack_for_cpu() == 4 * 32  # as the export's CPU teacher runs it
     with torch.no_grad():
-        ref = model.vision_backbone.trunk(image[None])[-1][0]
+        ref = trunk(image[None])[-1][0]
     assert stored.shape == (1024, 72, 72)
     ref16 = ref.half().float().numpy()
     tol = np.abs(ref.numpy()) * 2.0**-10 + 1e-6  # one float16 step

@@ -83,11 +83,14 @@ def _ours(job: dict):
     return model, x
 
 
-def _compare(tag: str, job: dict, ref: dict) -> None:
+def _compare(tag: str, job: dict, ref: dict, packed: bool = False) -> None:
     model, x = _ours(job)
     assert torch.equal(x, ref["input"])
     neck = model.vision_backbone
     trunk = neck.trunk
+    if packed:  # the CPU inference path: oneDNN-packed weights in every block linear
+        assert trunk.pack_for_cpu() == 4 * job["depth"]
+        tag += " packed"
     window = next(b for b in trunk.blocks if b.window_size)
     glob = next(b for b in trunk.blocks if not b.window_size)
     # RoPE tables: bit-identical
@@ -127,13 +130,20 @@ def _compare(tag: str, job: dict, ref: dict) -> None:
         assert out["sam2_backbone_out"] is None
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("tag", sorted(GEOMETRIES))
-def test_vision_matches_meta(oracle, tag):
+def test_vision_matches_meta(oracle, tag, packed):
     job = {"kind": "vision", **GEOMETRIES[tag]}
-    _compare(tag, job, oracle(job, f"vision-{tag}"))
+    _compare(tag, job, oracle(job, f"vision-{tag}"), packed)
 
 
 def test_full_size_vision_matches_meta(oracle):
     """SAM3's real geometry: 32 blocks at 1008², both necks."""
     job = {"kind": "vision", **FULL}
     _compare("full", job, oracle(job, "vision-full"))
+
+
+def test_full_size_packed_vision_matches_meta(oracle):
+    """The same with the trunk packed for CPU inference (what the export teacher runs on CPU)."""
+    job = {"kind": "vision", **FULL}
+    _compare("full", job, oracle(job, "vision-full"), packed=True)

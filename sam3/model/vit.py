@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sam3.model.packed_linear import PackableLinear
+
 _gelu_ = getattr(torch._C._nn, "gelu_", None)  # in-place exact GELU, used without autograd
 
 
@@ -95,8 +97,8 @@ class Attention(nn.Module):
         self.side = side
         self.rope_scale = rope_scale
         self.theta = theta
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = PackableLinear(dim, dim * 3, bias=True)
+        self.proj = PackableLinear(dim, dim)
         self.register_buffer("freqs_cis", self.expected_freqs_cis(), persistent=True)
 
     def expected_freqs_cis(self, device: torch.device | str | None = None) -> Tensor:
@@ -122,9 +124,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = PackableLinear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = PackableLinear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply ``fc2(gelu(fc1(x)))`` (GELU in place when no gradient is recorded)."""
@@ -243,6 +245,23 @@ class ViT(nn.Module):
         for blk in self.blocks:
             x = blk(x, inplace)
         return [x.permute(0, 3, 1, 2)]
+
+    def pack_for_cpu(self) -> int:
+        """Keep oneDNN-packed copies of the block linears' weights for fp32 CPU inference.
+
+        Faster GEMMs on CPUs for frozen use (the export teacher); costs as much memory again as
+        those weights (1.8 GB for SAM3's trunk) until :meth:`unpack`. Training, autocast, other
+        devices and changed weights take the plain path. Returns how many linears were packed
+        (0 where this PyTorch build has no oneDNN).
+        """
+        rows = self.cfg.grid_size**2  # tokens per image: a window batch has as many
+        return sum(m.pack_for_cpu(rows) for m in self.modules() if isinstance(m, PackableLinear))
+
+    def unpack(self) -> None:
+        """Free the packed copies made by :meth:`pack_for_cpu`."""
+        for m in self.modules():
+            if isinstance(m, PackableLinear):
+                m.unpack()
 
     def rope_mismatches(self, atol: float = 0.0) -> list[str]:
         """Names of blocks whose ``freqs_cis`` differ from the table their geometry implies."""

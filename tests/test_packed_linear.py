@@ -1,0 +1,155 @@
+"""The packed CPU linear: same results as ``nn.Linear``, used only where it applies, never stale."""
+
+import copy
+import io
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import sam3.model.packed_linear as pl
+from sam3.model.packed_linear import PackableLinear, onednn_linear_available
+from sam3.model.vit import ViT, ViTConfig
+
+pytestmark = pytest.mark.skipif(
+    not onednn_linear_available(), reason="this PyTorch build has no oneDNN"
+)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count calls of the packed kernel."""
+    count = {"n": 0}
+    real = pl.packed_linear
+
+    def counting(*args):
+        count["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(pl, "packed_linear", counting)
+    return count
+
+
+def _layer(bias: bool = True) -> PackableLinear:
+    torch.manual_seed(0)
+    return PackableLinear(48, 80, bias=bias)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 48), (2, 5, 6, 48), "strided"])
+def test_packed_output_matches_plain(calls, bias, shape):
+    layer = _layer(bias)
+    x = torch.randn(3, 4, 96)[..., ::2] if shape == "strided" else torch.randn(shape)
+    want = F.linear(x, layer.weight, layer.bias)
+    assert layer.pack_for_cpu(rows=16) and layer.is_packed
+    with torch.no_grad():
+        got = layer(x)
+    assert calls["n"] == 1
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unpacked_layer_is_nn_linear(calls):
+    layer = _layer()
+    plain = nn.Linear(48, 80)
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 48)
+    with torch.no_grad():
+        assert torch.equal(layer(x), plain(x))
+    assert calls["n"] == 0
+    assert list(layer.state_dict()) == list(plain.state_dict())
+
+
+def test_weight_changes_are_followed(calls):
+    layer = _layer()
+    layer.pack_for_cpu()
+    x = torch.randn(6, 48)
+    with torch.no_grad():
+        layer(x)
+        layer.weight.mul_(-2.0)  # in place: bumps the version
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    new = {k: torch.randn_like(v) for k, v in layer.state_dict().items()}
+    layer.load_state_dict(new)
+    with torch.inference_mode():
+        got = layer(x)
+    torch.testing.assert_close(got, F.linear(x, new["weight"], new["bias"]))
+    assert calls["n"] == 3
+
+
+def test_training_autocast_and_other_dtypes_take_the_plain_path(calls):
+    layer = _layer()
+    reference = nn.Linear(48, 80)
+    reference.load_state_dict(layer.state_dict())
+    layer.pack_for_cpu()
+    x = torch.randn(4, 48)
+    layer(x).square().sum().backward()  # grad enabled, weights require grad
+    reference(x).square().sum().backward()
+    assert torch.equal(layer.weight.grad, reference.weight.grad)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    layer.double()
+    with torch.no_grad():
+        out = layer(x.double())
+    assert out.dtype == torch.float64 and not layer.is_packed
+    assert calls["n"] == 0
+
+
+def test_unpack_and_copies(calls):
+    layer = _layer()
+    layer.pack_for_cpu()
+    x = torch.randn(3, 48)
+    twin = copy.deepcopy(layer)  # oneDNN tensors cannot be copied: the copy repacks on use
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    assert not twin.is_packed
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), layer(x))
+    assert calls["n"] == 2 and twin.is_packed
+    layer.unpack()
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert calls["n"] == 2 and not layer.is_packed
+
+
+def test_trunk_pack_for_cpu(calls):
+    cfg = ViTConfig(
+        img_size=112,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        window_size=4,
+        global_blocks=(1, 3),
+        pretrain_img_size=56,
+    )
+    torch.manual_seed(0)
+    vit = ViT(cfg).eval()
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        plain = vit(x)[0].clone()
+        assert vit.pack_for_cpu() == 4 * cfg.depth
+        packed = vit(x)[0].clone()
+        vit.unpack()
+        again = vit(x)[0]
+    assert calls["n"] == 4 * cfg.depth  # one forward pass through every packed linear
+    rel = ((packed - plain).norm() / plain.norm()).item()
+    assert rel < 1e-6  # another kernel: the same numbers to fp32 rounding
+    assert torch.equal(again, plain)
+
+
+@pytest.mark.parametrize("precision, packed", [("fp32", True), ("bf16", False)])
+def test_cpu_export_teacher_packs_its_trunk_in_fp32(precision, packed):
+    from stage1.config import load_config
+    from stage1.teachers import Teacher
+
+    from conftest import TINY_TEACHER
+
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "stage1/configs/teacher/sam_vit_huge_sa1b.yaml",
+        TINY_TEACHER + ["DISTILL.EXPORT_PRECISION", precision],
+    )
+    teacher = Teacher(cfg, "image", torch.device("cpu"))
+    linears = [m for m in teacher.modules() if isinstance(m, PackableLinear)]
+    assert len(linears) == 8  # sam3_tiny: two blocks
+    assert all(m.is_packed == packed for m in linears)
