@@ -11,7 +11,9 @@ from torch import nn
 
 import sam3.model.packed_linear as pl
 from sam3.model.packed_linear import PackableLinear, onednn_linear_available
-from sam3.model.vit import ViT, ViTConfig
+from sam3.model.vit import ViT
+
+from test_vit import SMALL
 
 pytestmark = pytest.mark.skipif(
     not onednn_linear_available(), reason="this PyTorch build has no oneDNN"
@@ -114,15 +116,7 @@ def test_unpack_and_copies(calls):
 
 
 def test_trunk_pack_for_cpu(calls):
-    cfg = ViTConfig(
-        img_size=112,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        window_size=4,
-        global_blocks=(1, 3),
-        pretrain_img_size=56,
-    )
+    cfg = SMALL
     torch.manual_seed(0)
     vit = ViT(cfg).eval()
     x = torch.randn(2, 3, 112, 112)
