@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
+
 CKPT_RE = re.compile(r"^ckpt_epoch_(\d+)\.pth$")
 REQUIRED = ("model", "optimizer", "lr_scheduler", "epoch", "student", "config")
 
 
-class TrainCheckpointError(RuntimeError):
+class TrainCheckpointError(UserError, RuntimeError):
     """A checkpoint in the run folder that cannot be used."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode as CN
 
+from .errors import UserError
+
 _C = CN()
 _C.BASE = [""]  # parent YAML files, merged first (paths relative to the YAML)
 
@@ -49,6 +51,9 @@ _C.MODEL.PRETRAINED = ""  # local weight file to initialise the student from (ph
 # ----------------------------------------------------------------------------- distillation
 _C.DISTILL = CN()
 _C.DISTILL.TEACHER_EMBED_PATH = ""  # embedding store folder ("" = OUTPUT/embeddings)
+# True: train on a public EfficientSAM3 store (no manifest): record shape from EMBED_DIM/EMBED_SIZE
+# or CONTEXT_LENGTH/TEXT_DIM; setting it confirms the store was made with this config's DATA.*
+_C.DISTILL.ACCEPT_LEGACY_STORE = False
 _C.DISTILL.EMBED_DIM = 1024  # channels of a stored image embedding (trunk width)
 _C.DISTILL.EMBED_SIZE = 72  # side of a stored image embedding (IMG_SIZE / 14)
 _C.DISTILL.TEXT_DIM = 256  # width of a stored text embedding (after SAM3's resizer)
@@ -76,6 +81,9 @@ _C.TRAIN.CLIP_GRAD = 5.0  # gradient-norm clip (0 = off)
 _C.TRAIN.ACCUMULATION_STEPS = 1  # micro-batches per optimizer step
 _C.TRAIN.AMP = "auto"  # "auto" (bf16 on CPU, fp16 + scaler on CUDA), "bf16", "fp16", "off"
 _C.TRAIN.AUTO_RESUME = True  # continue from the newest ckpt_epoch_N.pth in OUTPUT
+_C.TRAIN.FRESH_START = (
+    ""  # AUTO_RESUME off, OUTPUT holds checkpoints: "move", "delete" ("" refuses)
+)
 _C.TRAIN.SAVE_FREQ = 1  # epochs between checkpoints (the last epoch is always saved)
 _C.TRAIN.MAX_STEPS_PER_EPOCH = 0  # cap on steps per epoch, for smoke runs (0 = full epoch)
 
@@ -94,10 +102,11 @@ CHOICES = {
     "DISTILL.EXPORT_PRECISION": ("fp32", "bf16"),
     "DISTILL.MSE_REDUCTION": ("sum_channels", "mean"),
     "TRAIN.AMP": ("auto", "bf16", "fp16", "off"),
+    "TRAIN.FRESH_START": ("", "move", "delete"),
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used (unknown key, bad value, missing file)."""
 
 

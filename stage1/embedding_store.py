@@ -69,6 +69,8 @@ try:
 except ImportError:  # not POSIX: no writer lock (one writer per rank is then on the caller)
     fcntl = None
 
+from .errors import UserError
+
 FORMAT_NAME = "efficientsam3-embedding-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -82,7 +84,7 @@ _CHUNK_BYTES = 64 << 20  # encode / verify this many bytes of records at a time
 _LISTED = 20  # problems of one kind listed before "... and N more"
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """The store cannot be used as asked (missing manifest, closed writer, ...)."""
 
 

@@ -41,6 +41,8 @@ from sam3.model_builder import (
     VISION_TRUNK_PREFIX,
 )
 
+from .errors import UserError
+
 log = logging.getLogger("stage1.merge")
 
 KINDS = {"image": "vision", "text": "text"}  # converter kind -> registry kind
@@ -57,7 +59,7 @@ SAM3_PREPROCESSING = {
 SAM3_CONTEXT_LENGTH = 32
 
 
-class MergeError(ValueError):
+class MergeError(UserError, ValueError):
     """Inputs that cannot be merged (wrong student, a checkpoint without the teacher part...)."""
 
 
