@@ -7,8 +7,10 @@ pairs come last. Unknown keys are errors that name the key.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,19 +120,20 @@ def get_default_config() -> CN:
 def _merge_yaml(cfg: CN, path: Path, seen: tuple[Path, ...] = ()) -> None:
     path = path.resolve()
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist — check the path given to --cfg/CFG")
     if path in seen:
-        raise ConfigError(f"BASE cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"BASE cycle: {chain} — remove one of these BASE entries")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
+        raise ConfigError(f"{path} does not hold a mapping of config keys — see stage1/configs/")
     for base in data.pop("BASE", None) or []:
         if base:
             _merge_yaml(cfg, path.parent / base, (*seen, path))
     try:
         cfg.merge_from_other_cfg(CN(data))
-    except KeyError as err:
-        raise ConfigError(f"{path}: {err.args[0]}") from err
+    except (KeyError, AssertionError, ValueError) as err:
+        raise _friendly(err, f"{path}: ") from err
 
 
 def _lookup(cfg: CN, dotted: str) -> Any:
@@ -140,22 +143,112 @@ def _lookup(cfg: CN, dotted: str) -> Any:
     return node
 
 
+# numeric keys and the range each must lie in: (key, lowest, highest, lowest allowed itself)
+RANGES = (
+    ("DATA.NUM_SAMPLES", 0, None, True),
+    ("DATA.BATCH_SIZE", 1, None, True),
+    ("DATA.NUM_WORKERS", 0, None, True),
+    ("DATA.IMG_SIZE", 1, None, True),
+    ("DATA.PARQUET_BATCH_ROWS", 1, None, True),
+    ("DATA.VAL_FRACTION", 0.0, 1.0, True),
+    ("DISTILL.EMBED_DIM", 1, None, True),
+    ("DISTILL.EMBED_SIZE", 1, None, True),
+    ("DISTILL.TEXT_DIM", 1, None, True),
+    ("DISTILL.VERIFY_SAMPLES", 0, None, True),
+    ("DISTILL.PIXEL_WISE", 0.0, None, True),
+    ("DISTILL.COSINE", 0.0, None, True),
+    ("TRAIN.EPOCHS", 1, None, True),
+    ("TRAIN.WARMUP_EPOCHS", 0, None, True),
+    ("TRAIN.BASE_LR", 0.0, None, False),
+    ("TRAIN.LR_SCALE_BATCH", 0, None, True),
+    ("TRAIN.WARMUP_LR", 0.0, None, True),
+    ("TRAIN.MIN_LR", 0.0, None, True),
+    ("TRAIN.WEIGHT_DECAY", 0.0, None, True),
+    ("TRAIN.LAYER_DECAY", 0.0, 1.0, False),
+    ("TRAIN.CLIP_GRAD", 0.0, None, True),
+    ("TRAIN.ACCUMULATION_STEPS", 1, None, True),
+    ("TRAIN.SAVE_FREQ", 1, None, True),
+    ("TRAIN.MAX_STEPS_PER_EPOCH", 0, None, True),
+    ("LOG_EVERY", 1, None, True),
+)
+
+
+def _check_range(cfg: CN, key: str, low: float, high: float | None, low_ok: bool) -> None:
+    value = _lookup(cfg, key)
+    if (value >= low if low_ok else value > low) and (high is None or value <= high):
+        return
+    above = f">= {low}" if low_ok else f"> {low}"
+    wanted = above if high is None else f"{above} and <= {high}"
+    raise ConfigError(f"{key} = {value!r} is out of range — give a value {wanted}")
+
+
 def validate(cfg: CN) -> None:
     """Check values that YACS' type check cannot; raise :class:`ConfigError`."""
     for key, allowed in CHOICES.items():
         if _lookup(cfg, key) not in allowed:
-            raise ConfigError(f"{key} = {_lookup(cfg, key)!r}; choose one of {list(allowed)}")
-    if cfg.DATA.BATCH_SIZE < 1 or cfg.DATA.NUM_WORKERS < 0:
-        raise ConfigError("DATA.BATCH_SIZE must be >= 1 and DATA.NUM_WORKERS >= 0")
-    if len(cfg.DATA.PIXEL_MEAN) != 3 or len(cfg.DATA.PIXEL_STD) != 3:
-        raise ConfigError("DATA.PIXEL_MEAN and DATA.PIXEL_STD need 3 values (RGB)")
-    if cfg.TRAIN.ACCUMULATION_STEPS < 1 or cfg.TRAIN.WARMUP_EPOCHS > cfg.TRAIN.EPOCHS:
-        raise ConfigError("TRAIN.ACCUMULATION_STEPS must be >= 1 and WARMUP_EPOCHS <= EPOCHS")
+            raise ConfigError(
+                f"{key} = {_lookup(cfg, key)!r} is not a known choice — choose one of "
+                f"{list(allowed)}"
+            )
+    for key, low, high, low_ok in RANGES:
+        _check_range(cfg, key, low, high, low_ok)
+    for key in ("DATA.PIXEL_MEAN", "DATA.PIXEL_STD"):
+        if len(_lookup(cfg, key)) != 3:
+            raise ConfigError(f"{key} = {_lookup(cfg, key)} — give 3 values (R, G, B)")
+    if min(cfg.DATA.PIXEL_STD) <= 0:
+        raise ConfigError(f"DATA.PIXEL_STD = {cfg.DATA.PIXEL_STD} — every value must be > 0")
+    if cfg.TRAIN.WARMUP_EPOCHS > cfg.TRAIN.EPOCHS:
+        raise ConfigError(
+            f"TRAIN.WARMUP_EPOCHS {cfg.TRAIN.WARMUP_EPOCHS} exceeds TRAIN.EPOCHS "
+            f"{cfg.TRAIN.EPOCHS} — lower WARMUP_EPOCHS or raise EPOCHS"
+        )
     if not 2 <= cfg.DISTILL.CONTEXT_LENGTH <= 32:
         raise ConfigError(
-            f"DISTILL.CONTEXT_LENGTH = {cfg.DISTILL.CONTEXT_LENGTH}; SAM3's text encoder holds "
-            "2..32 positions"
+            f"DISTILL.CONTEXT_LENGTH = {cfg.DISTILL.CONTEXT_LENGTH}, but SAM3's text encoder "
+            "holds 2..32 positions — give a value in that range (SAM3 uses 32)"
         )
+
+
+def _dotted_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        dotted = f"{prefix}{name}"
+        keys += _dotted_keys(value, dotted + ".") if isinstance(value, CN) else [dotted]
+    return keys
+
+
+_UNKNOWN = re.compile(r"Non-existent (?:config )?key: (\S+)")
+_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)"
+)
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "True or False",
+    "list": "a list, e.g. [a, b]",
+    "tuple": "a list, e.g. [a, b]",
+}
+
+
+def _friendly(err: Exception, where: str) -> ConfigError:
+    """A YACS merge error as a one-line :class:`ConfigError` with a way out."""
+    text = str(err.args[0] if err.args else err)
+    if m := _UNKNOWN.search(text):
+        key = m.group(1)
+        close = difflib.get_close_matches(key, _dotted_keys(_C), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see stage1/config.py for every key"
+        return ConfigError(f"{where}unknown config key {key} — {hint}")
+    if m := _MISMATCH.search(text):
+        want, _, default, value, key = m.groups()
+        want = _TYPE_WORDS.get(want, f"a {want}")
+        return ConfigError(
+            f"{where}{key} = {value!r} has the wrong type — give {want} (default {default})"
+        )
+    return ConfigError(f"{where}{text}")
 
 
 def load_config(
@@ -178,12 +271,14 @@ def load_config(
             pairs += [key, value]
     opts = list(opts or [])
     if len(opts) % 2:
-        raise ConfigError(f"--opts needs KEY VALUE pairs; got an odd list: {opts}")
+        raise ConfigError(
+            f"--opts needs KEY VALUE pairs, got an odd list {opts} — give a value for every key"
+        )
     try:
         cfg.merge_from_list(pairs)
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as err:
-        raise ConfigError(f"bad override: {err}") from err
+        raise _friendly(err, "") from err
     if not cfg.DISTILL.TEACHER_EMBED_PATH:
         cfg.DISTILL.TEACHER_EMBED_PATH = str(Path(cfg.OUTPUT) / "embeddings")
     validate(cfg)

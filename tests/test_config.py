@@ -90,3 +90,20 @@ def test_config_json_is_real_json(tmp_path):
     cfg = load_config(IMAGE_CFG, ["OUTPUT", str(tmp_path)])
     dump_json(cfg, tmp_path / "config.json")
     assert json.loads((tmp_path / "config.json").read_text()) == to_dict(cfg)
+
+
+def test_unknown_keys_get_a_did_you_mean(tmp_path):
+    with pytest.raises(ConfigError, match=r"TRAIN\.EPOCH\b.*did you mean TRAIN\.EPOCHS"):
+        load_config(IMAGE_CFG, ["TRAIN.EPOCH", "3"])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("DISTILL:\n  EMBED_DIMS: 3\n")
+    with pytest.raises(ConfigError, match=r"did you mean DISTILL\.EMBED_DIM\b"):
+        load_config(typo)
+
+
+def test_bad_types_and_ranges_say_what_to_give():
+    with pytest.raises(ConfigError, match=r"TRAIN\.EPOCHS.*'abc'.*— give an integer"):
+        load_config(IMAGE_CFG, ["TRAIN.EPOCHS", "abc"])
+    for key, value in (("TRAIN.EPOCHS", "0"), ("DATA.NUM_SAMPLES", "-1"), ("TRAIN.BASE_LR", "-1")):
+        with pytest.raises(ConfigError, match=rf"{key}.* — "):
+            load_config(IMAGE_CFG, [key, value])
