@@ -124,7 +124,15 @@ def _merge_yaml(cfg: CN, path: Path, seen: tuple[Path, ...] = ()) -> None:
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
         raise ConfigError(f"BASE cycle: {chain} — remove one of these BASE entries")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text — save it as UTF-8") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML ({where}{problem}) — fix the file") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a mapping of config keys — see stage1/configs/")
     for base in data.pop("BASE", None) or []:
@@ -218,6 +226,9 @@ def _dotted_keys(node: CN, prefix: str = "") -> list[str]:
 
 
 _UNKNOWN = re.compile(r"Non-existent (?:config )?key: (\S+)")
+_GROUP = re.compile(
+    r"^Type mismatch \(<class 'yacs\.config\.CfgNode'>.*for config key: (\S+)$", re.S
+)
 _MISMATCH = re.compile(
     r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
     r"for config key: (\S+)"
@@ -242,6 +253,12 @@ def _friendly(err: Exception, where: str) -> ConfigError:
         close = difflib.get_close_matches(key, _dotted_keys(_C), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see stage1/config.py for every key"
         return ConfigError(f"{where}unknown config key {key} — {hint}")
+    if m := _GROUP.search(text):
+        group = m.group(1)
+        return ConfigError(
+            f"{where}{group} is a group of keys, not a value — set one of its keys, e.g. "
+            f"{_dotted_keys(_lookup(_C, group), group + '.')[0]}"
+        )
     if m := _MISMATCH.search(text):
         want, _, default, value, key = m.groups()
         want = _TYPE_WORDS.get(want, f"a {want}")

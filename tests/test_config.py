@@ -107,3 +107,17 @@ def test_bad_types_and_ranges_say_what_to_give():
     for key, value in (("TRAIN.EPOCHS", "0"), ("DATA.NUM_SAMPLES", "-1"), ("TRAIN.BASE_LR", "-1")):
         with pytest.raises(ConfigError, match=rf"{key}.* — "):
             load_config(IMAGE_CFG, [key, value])
+
+
+def test_broken_yaml_and_groups_given_a_value_are_one_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("DATA:\n  BATCH_SIZE: [1\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line \d+.*— fix the file"):
+        load_config(broken)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("TAG: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text — "):
+        load_config(latin)
+    with pytest.raises(ConfigError, match=r"^DATA is a group of keys, not a value — ") as err:
+        load_config(IMAGE_CFG, ["DATA", "3"])
+    assert "\n" not in str(err.value)
