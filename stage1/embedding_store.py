@@ -7,15 +7,25 @@ Layout of a store folder::
     rank{R}-keys.txt       one key per line, each "\\n"-terminated, written by rank R only
     rank{R}-values.bin     fixed-size records back to back: record i <-> line i of the keys file
 
-A record is ``header_bytes`` (0 for our stores, 4 for public EfficientSAM3 stores: an unused
-int32) followed by the payload: ``float16`` (little-endian, C order) or ``int8`` (one
-little-endian float32 scale per channel -- the first axis -- then the int8 values, C order).
+A record is ``header_bytes`` followed by the payload: ``float16`` (little-endian, C order) or
+``int8`` (one little-endian float32 scale per channel -- the first axis -- then the int8
+values, C order). The header is 0 bytes for image stores, :data:`DIGEST_BYTES` for text stores
+whose ``meta["record_header"]`` is :data:`SOURCE_DIGEST` (the :func:`source_digest` of the
+caption each record was computed from, so that training can check it against its own caption
+file), and 4 for public EfficientSAM3 stores (an unused int32).
+
+Shard files are only ever written under a manifest: :func:`create_store` and
+:class:`StoreWriter` refuse a folder that holds shards but no ``manifest.json`` (a public
+EfficientSAM3 store, or one whose manifest was lost), since its record layout is unknown.
 
 Crash safety: a writer appends a batch's values, then its keys. A key line therefore never
 exists without its complete record; a crash leaves at most a torn tail (partial values and/or
 a partial key line), which the next :class:`StoreWriter` of that rank truncates away, and
 which every reader ignores (it indexes ``min(complete lines, values bytes // record bytes)``
 records per shard). With ``sync_every_write=True`` the same holds across power loss.
+
+``python -m stage1.embedding_store info|verify PATH`` (:mod:`stage1.store_cli`) inspects a
+store from the shell; :func:`verify` reads every record, with a progress bar.
 
 Reads (``benchmarks/store_throughput.py``, 2-core VM, page cache warm): random reads by key of
 (1024, 72, 72) float16 records run at 0.95-1.0x a raw sequential read of the same file; for
@@ -48,7 +58,7 @@ int8 encoding, measured by the same benchmark on synthetic (1024, 72, 72) record
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import os
 import re
@@ -63,6 +73,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 try:
     import fcntl
@@ -70,18 +81,30 @@ except ImportError:  # not POSIX: no writer lock (one writer per rank is then on
     fcntl = None
 
 from .errors import UserError
+from .preflight import check_output_folder
 
 FORMAT_NAME = "efficientsam3-embedding-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENCODINGS = ("float16", "int8")
 LEGACY_HEADER_BYTES = 4
+DIGEST_BYTES = 8  # header bytes of a record that carries its source digest
+SOURCE_DIGEST = "source-sha256-64"  # meta["record_header"]: the header is source_digest(text)
 FP16_MAX = 65504.0
-MATCHED_META = ("teacher", "preprocessing", "context_length")  # must agree on re-creation
+# must agree on re-creation ("teacher" by its identity fields: see _teacher_identity)
+MATCHED_META = ("teacher", "preprocessing", "context_length", "record_header")
+TEACHER_IDENTITY = ("kind", "arch", "checkpoint_sha256", "precision")
 EXPECTED_META = ("preprocessing", "context_length")  # checked by readers given `expected`
 _SHARD_RE = re.compile(r"rank(\d+)-(keys\.txt|values\.bin)")
 _CHUNK_BYTES = 64 << 20  # encode / verify this many bytes of records at a time
 _LISTED = 20  # problems of one kind listed before "... and N more"
+_RECOMPUTE_BATCH = 8  # keys per recompute call in verify
+
+
+def source_digest(text: str) -> bytes:
+    """The first :data:`DIGEST_BYTES` bytes of the SHA-256 of ``text`` in UTF-8: the record
+    header of a :data:`SOURCE_DIGEST` store."""
+    return hashlib.sha256(text.encode("utf-8")).digest()[:DIGEST_BYTES]
 
 
 class StoreError(UserError):
@@ -122,15 +145,28 @@ class StoreSpec:
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.shape)
         if not shape or min(shape) < 1:
-            raise ValueError(f"StoreSpec.shape must be non-empty positive sizes, got {shape}")
+            raise ValueError(
+                f"record shape {shape} has no sizes or a size below 1 — give positive sizes, "
+                "e.g. (1024, 72, 72) or (32, 256)"
+            )
         if self.encoding not in ENCODINGS:
-            raise ValueError(f"StoreSpec.encoding = {self.encoding!r}; choose one of {ENCODINGS}")
+            raise ValueError(
+                f"store encoding {self.encoding!r} is unknown — choose one of {ENCODINGS}"
+            )
         if int(self.header_bytes) < 0:
-            raise ValueError(f"StoreSpec.header_bytes must be >= 0, got {self.header_bytes}")
+            raise ValueError(f"header_bytes {self.header_bytes} is negative — give 0 or more")
         try:  # canonical JSON form, so that a spec equals itself after a manifest round trip
             meta = json.loads(json.dumps(dict(self.meta), sort_keys=True))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"StoreSpec.meta must be JSON-serialisable: {err}") from err
+            raise ValueError(
+                f"StoreSpec.meta is not JSON-serialisable ({err}) — use dicts, lists, "
+                "strings and numbers"
+            ) from err
+        if meta.get("record_header") == SOURCE_DIGEST and int(self.header_bytes) != DIGEST_BYTES:
+            raise ValueError(
+                f"meta['record_header'] is {SOURCE_DIGEST!r} but header_bytes is "
+                f"{self.header_bytes} — a source digest needs header_bytes={DIGEST_BYTES}"
+            )
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "header_bytes", int(self.header_bytes))
         object.__setattr__(self, "meta", meta)
@@ -231,50 +267,90 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
+def format_bytes(n: int) -> str:
+    """``n`` bytes at their scale: "300 bytes", "3.75 KiB", "9.89 GiB", "3.00 TiB"."""
+    if abs(n) < 1024:
+        return f"{int(n)} bytes"
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if abs(n) >= 1024**power:
+            return f"{n / 1024**power:.2f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _no_manifest(root: Path, writing: bool = False) -> StoreError:
+    """Why ``root`` cannot be used without a manifest (to read, or with ``writing`` to write
+    into), and what to do."""
+    ranks = _ranks(root) if root.is_dir() else []
+    if not ranks:
+        return StoreError(
+            f"no {MANIFEST} in {root}, so it is not an embedding store — export into it first "
+            "(create_store(root, spec, world_size) before StoreWriter), or give the store folder"
+        )
+    names = ", ".join(p.name for r in ranks[:2] for p in _shard_paths(root, r) if p.exists())
+    found = (
+        f"{root} holds shard files ({names}{', ...' if len(ranks) > 2 else ''}) but no "
+        f"{MANIFEST} (a store of the public EfficientSAM3, or one whose manifest was lost)"
+    )
+    inspect = (
+        f"`python -m stage1.embedding_store info|verify {root} --legacy-shape C,H,W` (or "
+        "SEQ,DIM; legacy_shape= in Python)"
+    )
+    if writing:
+        return StoreError(
+            f"{found}, so their record layout is unknown and nothing will be written there — "
+            f"inspect them with {inspect}, and export into a new folder (another OUTPUT or "
+            "DISTILL.TEACHER_EMBED_PATH)"
+        )
+    return StoreError(f"{found} — read it with its record shape: {inspect}")
 
 
 def load_manifest(root: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``manifest.json`` of a store; :class:`StoreError` if it is missing."""
-    path = Path(root) / MANIFEST
+    root = Path(root)
+    path = root / MANIFEST
     if not path.is_file():
-        raise StoreError(
-            f"no {MANIFEST} in {root}: call create_store(root, spec, world_size) before writing; "
-            "to read a store written by the public EfficientSAM3 (no manifest), pass "
-            "legacy_shape=(C, H, W) or (seq, dim)"
-        )
+        raise _no_manifest(root)
     try:
         manifest = json.loads(path.read_text())
         spec = StoreSpec.from_json(manifest["spec"])
     except (ValueError, KeyError, TypeError) as err:
         raise StoreCorruptError(
-            f"{path} is not a valid store manifest ({err}); restore it from a backup or "
+            f"{path} is not a valid store manifest ({err}) — restore it from a backup or "
             "re-export into an empty folder"
         ) from err
     if manifest["spec"].get("record_bytes", spec.record_bytes) != spec.record_bytes:
         raise StoreCorruptError(
             f"{path} says records are {manifest['spec']['record_bytes']} bytes, but its spec "
-            f"gives {spec.record_bytes}: the manifest was edited or written by other code; "
+            f"gives {spec.record_bytes} (the manifest was edited or written by other code) — "
             "restore it or re-export into an empty folder"
         )
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version", 0) > FORMAT_VERSION:
         raise StoreError(
             f"{path} has format {manifest.get('format')!r} version "
-            f"{manifest.get('format_version')}; this code reads {FORMAT_NAME!r} up to version "
-            f"{FORMAT_VERSION}: update the code or use another folder"
+            f"{manifest.get('format_version')}, but this code reads {FORMAT_NAME!r} up to "
+            f"version {FORMAT_VERSION} — update the code or use another folder"
         )
     manifest["spec"] = spec
     return manifest
 
 
-def _spec_of(root: Path, legacy_shape: Sequence[int] | None) -> StoreSpec:
+def open_spec(root: str | os.PathLike, legacy_shape: Sequence[int] | None = None) -> StoreSpec:
+    """The spec of the store in ``root``: from its manifest, or with ``legacy_shape`` the
+    layout of a public EfficientSAM3 store (no manifest, float16 after a 4-byte header).
+    :class:`StoreError` when the folder is missing or is not such a store."""
+    root = Path(root)
+    if not root.is_dir():
+        what = "is a file, not a store folder" if root.exists() else "does not exist"
+        raise StoreError(
+            f"embedding store folder {root} {what} — run the export first, or give the folder "
+            "the export wrote (DISTILL.TEACHER_EMBED_PATH, by default OUTPUT/embeddings)"
+        )
     if legacy_shape is None:
         return load_manifest(root)["spec"]
     if (root / MANIFEST).exists():
         raise StoreError(
-            f"{root} has a {MANIFEST}, so it is not a legacy EfficientSAM3 store: "
-            "open it without legacy_shape"
+            f"{root} has a {MANIFEST}, so it is not a legacy EfficientSAM3 store — open it "
+            "without legacy_shape (--legacy-shape)"
         )
     return StoreSpec(
         shape=tuple(legacy_shape),
@@ -291,6 +367,14 @@ def _shard_records(root: Path, rank: int, record_bytes: int) -> tuple[list[bytes
     return lines, min(len(lines), _size(values_path) // record_bytes)
 
 
+def _teacher_identity(teacher: Any) -> Any:
+    """What names a teacher: with a recorded checkpoint hash, the :data:`TEACHER_IDENTITY`
+    fields (not the path the checkpoint was read from); otherwise the whole record."""
+    if isinstance(teacher, dict) and "checkpoint_sha256" in teacher:
+        return {name: teacher.get(name) for name in TEACHER_IDENTITY}
+    return teacher
+
+
 def _differences(store: StoreSpec, other: StoreSpec, meta_fields: Sequence[str]) -> list[str]:
     diffs = []
     for name in ("shape", "encoding", "header_bytes"):
@@ -299,10 +383,19 @@ def _differences(store: StoreSpec, other: StoreSpec, meta_fields: Sequence[str])
                 f"{name}: store has {getattr(store, name)!r}, got {getattr(other, name)!r}"
             )
     for name in meta_fields:
-        if store.meta.get(name) != other.meta.get(name):
-            diffs.append(
-                f"meta[{name!r}]: store has {store.meta.get(name)!r}, got {other.meta.get(name)!r}"
-            )
+        have, got = store.meta.get(name), other.meta.get(name)
+        if name == "teacher":
+            have, got = _teacher_identity(have), _teacher_identity(got)
+        if have == got:
+            continue
+        if name == "teacher" and isinstance(have, dict) and isinstance(got, dict):
+            diffs += [
+                f"meta['teacher'][{k!r}]: store has {have.get(k)!r}, got {got.get(k)!r}"
+                for k in sorted({*have, *got})
+                if have.get(k) != got.get(k)
+            ]
+        else:
+            diffs.append(f"meta[{name!r}]: store has {have!r}, got {got!r}")
     return diffs
 
 
@@ -328,29 +421,46 @@ def _expected_differences(store: StoreSpec, expected: StoreSpec, legacy: bool) -
 # ----------------------------------------------------------------------------- creation
 
 
+def check_store_folder(root: str | os.PathLike) -> StoreSpec | None:
+    """The spec of the store already in ``root``, or ``None`` for a folder that holds none yet
+    (missing or without shard files). Creates nothing. :class:`StoreError` (a
+    :class:`~stage1.errors.UserError`) for a folder that must not be written: a file, not
+    writable, shard files without a manifest, an unreadable manifest."""
+    root = check_output_folder(root, "DISTILL.TEACHER_EMBED_PATH")
+    if (root / MANIFEST).exists():
+        return load_manifest(root)["spec"]
+    if root.is_dir() and _ranks(root):
+        raise _no_manifest(root, writing=True)
+    return None
+
+
 def create_store(root: str | os.PathLike, spec: StoreSpec, world_size: int) -> None:
     """Create the store folder and its manifest (atomically), or check an existing manifest.
 
     An existing store must agree on shape, encoding, header bytes and the meta fields
-    "teacher", "preprocessing" and "context_length", else :class:`StoreMismatchError`; a
-    different ``world_size`` (a resume on more or fewer GPUs) is recorded."""
+    "teacher" (by kind, arch, checkpoint SHA-256 and precision: the manifest keeps the path
+    it was first written with), "preprocessing", "context_length" and "record_header", else
+    :class:`StoreMismatchError`; a different ``world_size`` (a resume on more or fewer GPUs)
+    is recorded. Shard files without a manifest are refused (:func:`check_store_folder`);
+    a refusal creates nothing."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     path = root / MANIFEST
-    if path.exists():
+    if check_store_folder(root) is not None:
         manifest = load_manifest(root)
         diffs = _differences(manifest["spec"], spec, MATCHED_META)
         if diffs:
             raise StoreMismatchError(
                 f"the embedding store in {root} was created with another spec ("
                 + "; ".join(diffs)
-                + "). Export into another folder, or delete this one to start over"
+                + ") — export into another folder (a new OUTPUT or DISTILL.TEACHER_EMBED_PATH), "
+                "or delete this one to start over"
             )
         if manifest.get("world_size") != world_size:
             manifest["world_size"] = int(world_size)
             manifest["spec"] = manifest["spec"].to_json()
             _write_json_atomic(path, manifest)
         return
+    root.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -405,9 +515,12 @@ def check_disk_space(
     free = shutil.disk_usage(probe).free
     if need > free:
         hint = ", store int8 (DISTILL.STORE_DTYPE int8, half the size)"
+        have, want = format_bytes(free), format_bytes(need)
+        if have == want:  # too close to tell apart at that scale
+            have, want = f"{free:,} bytes", f"{need:,} bytes"
         msg = (
-            f"the embedding store in {root} needs about {_gib(need)} for {n_records} records of "
-            f"{spec.record_bytes} bytes, but only {_gib(free)} is free there. Free some space, "
+            f"the embedding store in {root} needs about {want} for {n_records} records of "
+            f"{spec.record_bytes} bytes, but only {have} is free there — free some space, "
             f"point DISTILL.TEACHER_EMBED_PATH at a larger disk"
             f"{hint if spec.encoding == 'float16' else ''}, or set DISTILL.FORCE True to export "
             "anyway"
@@ -449,8 +562,8 @@ def _scan(values: np.ndarray, keys: Sequence[str], spec: StoreSpec) -> tuple[int
         if not finite.all():
             bad = [keys[lo + i] for i in np.flatnonzero(~finite)]
             raise ValueError(
-                f"embeddings for keys {bad[:5]} contain NaN or inf; nothing was written. The "
-                "teacher output is broken: check the checkpoint and the export precision"
+                f"embeddings for keys {bad[:5]} contain NaN or inf, so nothing was written (the "
+                "teacher output is broken) — check the checkpoint and the export precision"
             )
         if spec.encoding == "float16" and flat.dtype != np.float16:
             per_record = np.count_nonzero(np.abs(flat) > FP16_MAX, axis=1)
@@ -459,8 +572,9 @@ def _scan(values: np.ndarray, keys: Sequence[str], spec: StoreSpec) -> tuple[int
     return count, over_keys
 
 
-def _encode(values: np.ndarray, spec: StoreSpec) -> np.ndarray:
-    """[N, *shape] floats -> [N, record_bytes] uint8 (float16 values clamped to +/-65504)."""
+def _encode(values: np.ndarray, spec: StoreSpec, headers: np.ndarray | None = None) -> np.ndarray:
+    """[N, *shape] floats -> [N, record_bytes] uint8 (float16 values clamped to +/-65504),
+    each record after its header: a row of ``headers`` ([N, header_bytes] uint8) or zeros."""
     n = len(values)
     if spec.encoding == "float16":
         flat = values.reshape(n, -1)
@@ -477,7 +591,9 @@ def _encode(values: np.ndarray, spec: StoreSpec) -> np.ndarray:
             [scale.astype("<f4").view(np.uint8), q.reshape(n, -1).view(np.uint8)], axis=1
         )
     if spec.header_bytes:
-        body = np.concatenate([np.zeros((n, spec.header_bytes), np.uint8), body], axis=1)
+        if headers is None:
+            headers = np.zeros((n, spec.header_bytes), np.uint8)
+        body = np.concatenate([headers, body], axis=1)
     return np.ascontiguousarray(body)
 
 
@@ -505,12 +621,37 @@ def decode_record(record: np.ndarray, spec: StoreSpec) -> np.ndarray:
     return (q.astype(np.float32) * scale[:, None]).reshape(spec.shape)
 
 
-def _check_keys(keys: Sequence[str]) -> None:
+def check_keys(keys: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first key a store cannot hold (empty, not printable,
+    or with whitespace)."""
     for key in keys:
         if not isinstance(key, str) or not key or not key.isprintable():
-            raise ValueError(f"bad key {key!r}: keys must be non-empty printable strings")
+            raise ValueError(
+                f"bad key {key!r}: empty, not a string or not printable — use non-empty "
+                "printable strings as keys"
+            )
         if any(c.isspace() for c in key):
-            raise ValueError(f"bad key {key!r}: keys must not contain whitespace or newlines")
+            raise ValueError(
+                f"bad key {key!r}: it holds whitespace — give keys without spaces or newlines"
+            )
+
+
+def _header_rows(headers: Sequence[bytes], keys: Sequence[str], size: int) -> np.ndarray:
+    """``headers`` (one bytes of ``size`` per key) as [len(keys), size] uint8; ValueError
+    naming the first bad one."""
+    headers = list(headers)
+    if len(headers) != len(keys):
+        raise ValueError(
+            f"{len(headers)} record headers for {len(keys)} keys — give one header per key"
+        )
+    for key, header in zip(keys, headers):
+        if not isinstance(header, (bytes, bytearray)) or len(header) != size:
+            got = f"{len(header)} bytes" if isinstance(header, (bytes, bytearray)) else "not bytes"
+            raise ValueError(
+                f"the record header of key {key!r} is {got} — this store's headers are bytes of "
+                f"exactly {size} bytes (spec.header_bytes)"
+            )
+    return np.frombuffer(b"".join(headers), np.uint8).reshape(len(keys), size)
 
 
 # ----------------------------------------------------------------------------- writer
@@ -519,8 +660,9 @@ def _check_keys(keys: Sequence[str]) -> None:
 class StoreWriter:
     """Append-only writer of one rank's shard (a context manager).
 
-    Opening it takes an exclusive lock on the shard and repairs a torn tail left by a crash
-    (``repair_message`` says what was dropped). ``write`` appends the values, then the keys.
+    Opening it refuses a folder without a manifest (before creating anything), takes an
+    exclusive lock on the shard and repairs a torn tail left by a crash (``repair_message``
+    says what was dropped). ``write`` appends the records (headers and values), then the keys.
     ``allow_overflow`` clamps float16-overflowing values to +/-65504 (counted in
     ``overflow_count``) instead of raising; ``sync_every_write`` fsyncs after every batch
     (power-loss safety), otherwise only ``close`` does."""
@@ -535,7 +677,10 @@ class StoreWriter:
     ) -> None:
         self.root = Path(root)
         self.rank = int(rank)
-        self.spec: StoreSpec = load_manifest(self.root)["spec"]
+        spec = check_store_folder(self.root)
+        if spec is None:
+            raise _no_manifest(self.root, writing=True)
+        self.spec: StoreSpec = spec
         self.allow_overflow = allow_overflow
         self.sync_every_write = sync_every_write
         self.overflow_count = 0
@@ -551,8 +696,8 @@ class StoreWriter:
                     fcntl.flock(self._values_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise StoreError(
-                        f"{self.values_path} is already open in another writer: each rank "
-                        "writes only its own shard; check RANK / WORLD_SIZE, or wait for the "
+                        f"{self.values_path} is already open in another writer (each rank "
+                        "writes only its own shard) — check RANK / WORLD_SIZE, or wait for the "
                         "other export to finish"
                     ) from None
             self._keys_fd = os.open(self.keys_path, flags, 0o644)
@@ -590,39 +735,52 @@ class StoreWriter:
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
-    def write(self, keys: Sequence[str], values: np.ndarray | torch.Tensor) -> int:
+    def write(
+        self,
+        keys: Sequence[str],
+        values: np.ndarray | torch.Tensor,
+        headers: Sequence[bytes] | None = None,
+    ) -> int:
         """Append records: ``values`` is [len(keys), *spec.shape] (float32/16, bfloat16; numpy
-        or torch). All or nothing: on any error nothing of the batch stays. Returns the count."""
+        or torch); ``headers`` one bytes of exactly ``spec.header_bytes`` per key (``None``:
+        zeros), e.g. :func:`source_digest` of each caption. All or nothing: on any error
+        nothing of the batch stays. Returns the count."""
         if self._closed:
-            raise StoreError(f"the writer of {self.values_path} is closed; open a new one")
+            raise StoreError(f"the writer of {self.values_path} is closed — open a new one")
         keys = list(keys)
-        _check_keys(keys)
+        check_keys(keys)
         if len(set(keys)) != len(keys):
             dup = next(k for k in keys if keys.count(k) > 1)
-            raise DuplicateKeyError(f"key {dup!r} is given twice in one write call")
+            raise DuplicateKeyError(
+                f"key {dup!r} is given twice in one write call — give each key once"
+            )
         stored = next((k for k in keys if k in self._keys), None)
         if stored is not None:
             raise DuplicateKeyError(
-                f"key {stored!r} is already stored in {self.keys_path.name}; skip keys from "
+                f"key {stored!r} is already stored in {self.keys_path.name} — skip keys from "
                 "existing_keys(root) when resuming"
             )
+        rows = None if headers is None else _header_rows(headers, keys, self.spec.header_bytes)
         array = _as_numpy(values)
         if array.shape != (len(keys), *self.spec.shape):
             raise ValueError(
-                f"values of shape {tuple(array.shape)} for {len(keys)} keys; this store holds "
-                f"records of shape {self.spec.shape}, so expected {(len(keys), *self.spec.shape)}"
+                f"values of shape {tuple(array.shape)} for {len(keys)} keys, but this store "
+                f"holds records of shape {self.spec.shape} — give "
+                f"{(len(keys), *self.spec.shape)}"
             )
         count, over_keys = _scan(array, keys, self.spec)
         if count and not self.allow_overflow:
             raise Float16OverflowError(
                 f"{count} values of keys {over_keys[:5]} exceed the float16 range +/-{FP16_MAX} "
-                f"(max |x| = {float(np.abs(array).max()):.4g}); nothing was written. Use an int8 "
-                "store (DISTILL.STORE_DTYPE int8: per-channel scales, no range limit) or open "
-                "the writer with allow_overflow=True to clamp them (counted in overflow_count)"
+                f"(max |x| = {float(np.abs(array).max()):.4g}), so nothing was written — use an "
+                "int8 store (DISTILL.STORE_DTYPE int8: per-channel scales, no range limit) or "
+                "open the writer with allow_overflow=True to clamp them (counted in "
+                "overflow_count)"
             )
         try:
             for lo, hi in _chunks(len(array), array[0].nbytes if len(array) else 1):
-                _write_all(self._values_fd, _encode(array[lo:hi], self.spec))
+                head = None if rows is None else rows[lo:hi]
+                _write_all(self._values_fd, _encode(array[lo:hi], self.spec, head))
             if self.sync_every_write:
                 os.fsync(self._values_fd)
             _write_all(self._keys_fd, "".join(k + "\n" for k in keys).encode())
@@ -711,7 +869,9 @@ class EmbeddingStore:
     where ``expected.meta`` has them. ``legacy_shape`` reads a public EfficientSAM3 store
     (no manifest, float16 after a 4-byte header); its cross-rank duplicates (the public
     sampler pads shards with repeated samples) are tolerated: the lowest rank wins and
-    ``duplicates_ignored`` counts them. Our stores never hold duplicates: they raise."""
+    ``duplicates_ignored`` counts them. Our stores never hold duplicates: they raise.
+    ``get_headers`` returns the records' header bytes (source digests in text stores whose
+    ``has_source_digests``)."""
 
     def __init__(
         self,
@@ -720,17 +880,15 @@ class EmbeddingStore:
         legacy_shape: Sequence[int] | None = None,
     ) -> None:
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise StoreError(f"embedding store folder {self.root} does not exist: run the export")
         self.legacy = legacy_shape is not None
-        self.spec = _spec_of(self.root, legacy_shape)
+        self.spec = open_spec(self.root, legacy_shape)
         if expected is not None:
             diffs = _expected_differences(self.spec, expected, self.legacy)
             if diffs:
                 raise StoreMismatchError(
                     f"the embedding store in {self.root} does not match the config ("
                     + "; ".join(diffs)
-                    + "). Point DISTILL.TEACHER_EMBED_PATH at a store exported with this "
+                    + ") — point DISTILL.TEACHER_EMBED_PATH at a store exported with this "
                     "config, or re-export"
                 )
         rb = self.spec.record_bytes
@@ -746,19 +904,20 @@ class EmbeddingStore:
             raise StoreCorruptError(
                 f"key {key.decode()!r} is stored twice: rank{self.ranks[sa]} record {ra} and "
                 f"rank{self.ranks[sb]} record {rb_} ({index.n_duplicates} duplicate(s) in all) "
-                f"in {self.root}. Our writers never do this, so two exports were mixed: "
+                f"in {self.root}; our writers never do this, so two exports were mixed — "
                 "re-export into an empty folder or delete one of the shards"
             )
         self.duplicates_ignored = index.n_duplicates
         self._keys, self._shard, self._record = index.keys, index.shard, index.record
         self._maps: list[np.ndarray] | None = None
+        self._rows: list[np.ndarray] | None = None
         self._pid: int | None = None
 
     def _mapped(self) -> list[np.ndarray]:
         """Per shard: [n, *shape] float16 views (float16 stores) or [n, record_bytes] uint8
         rows (int8 stores), mapped once per process."""
         if self._pid != os.getpid() or self._maps is None:
-            spec, maps = self.spec, []
+            spec, maps, all_rows = self.spec, [], []
             for rank in self.ranks:
                 n = self.shard_counts[rank]
                 path = _shard_paths(self.root, rank)[1]
@@ -766,16 +925,42 @@ class EmbeddingStore:
                     rows = np.asarray(np.memmap(path, np.uint8, "r", shape=(n, spec.record_bytes)))
                 else:  # numpy cannot map an empty file
                     rows = np.empty((0, spec.record_bytes), np.uint8)
+                all_rows.append(rows)
                 if spec.encoding == "float16":
                     rows = rows[:, spec.header_bytes :].view("<f2").reshape(n, *spec.shape)
                 maps.append(rows)
-            self._maps, self._pid = maps, os.getpid()
+            self._maps, self._rows, self._pid = maps, all_rows, os.getpid()
         return self._maps
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_maps"], state["_pid"] = None, None
+        state["_maps"], state["_rows"], state["_pid"] = None, None, None
         return state
+
+    @property
+    def has_source_digests(self) -> bool:
+        """Whether each record's header is the :func:`source_digest` of its source text."""
+        return (
+            self.spec.header_bytes == DIGEST_BYTES
+            and self.spec.meta.get("record_header") == SOURCE_DIGEST
+        )
+
+    def get_headers(self, keys: Sequence[str]) -> list[bytes]:
+        """The header bytes (``spec.header_bytes`` each: b"" in stores without headers) of the
+        records of ``keys``. :class:`KeyError` if one is absent."""
+        if not len(keys):
+            return []
+        shards, records = (np.asarray(found) for found in self._locate_many(keys))
+        size = self.spec.header_bytes
+        if not size:
+            return [b""] * len(keys)
+        self._mapped()
+        out = np.empty((len(keys), size), np.uint8)
+        for shard in np.unique(shards):  # one gather per shard
+            pick = shards == shard
+            out[pick] = self._rows[shard][records[pick], :size]
+        blob = out.tobytes()
+        return [blob[i : i + size] for i in range(0, len(blob), size)]
 
     def _locate(self, key: str) -> tuple[int, int]:
         """(shard position, record number) of ``key``: a binary search of the sorted keys."""
@@ -898,35 +1083,46 @@ class VerifyReport:
 
 
 def _check_shard_files(
-    report: VerifyReport, root: Path, rank: int, rb: int
+    report: VerifyReport, root: Path, rank: int, rb: int, legacy: bool
 ) -> tuple[list[bytes], int]:
     keys_path, values_path = _shard_paths(root, rank)
     lines, tail = _read_lines(keys_path)
     size = _size(values_path)
-    fix = f"open a StoreWriter for rank {rank} (it truncates to the complete records) and resume"
+    fix = (
+        f"open a StoreWriter for rank {rank} (it truncates to the complete records) and resume "
+        "the export"
+    )
+    if legacy:
+        fix = "check the record shape given (--legacy-shape / legacy_shape), or re-export"
     if not keys_path.exists():
-        report.problems.append(f"{values_path.name} has {size} bytes but {keys_path.name} is gone")
+        report.problems.append(
+            f"{values_path.name} has {size} bytes but {keys_path.name} is gone — delete "
+            f"{values_path.name} and resume the export to recompute its keys"
+        )
     if tail:
         report.problems.append(
             f"{keys_path.name} ends with a partial line {tail[:40]!r} at byte offset "
-            f"{sum(len(x) + 1 for x in lines)}: a writer was interrupted; {fix}"
+            f"{sum(len(x) + 1 for x in lines)} (a writer was interrupted) — {fix}"
         )
     bad = [i for i, line in enumerate(lines) if line.split() != [line]]
     for i in bad[:_LISTED]:
-        report.problems.append(f"{keys_path.name} line {i + 1} is not a valid key: {lines[i]!r}")
+        report.problems.append(
+            f"{keys_path.name} line {i + 1} is not a valid key: {lines[i]!r} — the file was "
+            "edited or written by other code; re-export into an empty folder"
+        )
     if size < len(lines) * rb:
         i = size // rb
         report.problems.append(
             f"{values_path.name} is truncated: record {i} (key {lines[i].decode()!r}) at byte "
             f"offset {i * rb} has {size - i * rb} of {rb} bytes, and {len(lines) - i} keyed "
-            f"record(s) from there on are missing; {fix} the export to recompute them"
+            f"record(s) from there on are missing — {fix}"
         )
     elif size > len(lines) * rb:
         extra = size - len(lines) * rb
         report.problems.append(
             f"{values_path.name} has {extra} bytes of trailing garbage after its last keyed "
             f"record, at byte offset {len(lines) * rb} ({extra // rb} whole record(s) without "
-            f"a key: a crash between the values and keys writes, or foreign data); {fix}"
+            f"a key: a crash between the values and keys writes, or foreign data) — {fix}"
         )
     return lines, min(len(lines), size // rb)
 
@@ -939,6 +1135,30 @@ def _nonfinite_rows(rows: np.ndarray, spec: StoreSpec) -> np.ndarray:
     return ~(np.isfinite(scale) & (scale >= 0)).all(axis=1)
 
 
+ProgressCallback = Callable[[int, int], None]  # progress(done, total)
+
+
+class _Progress:
+    """:func:`verify`'s progress over records: a tqdm bar on stderr (``progress`` True, or
+    ``None`` while stderr is a terminal), or ``progress(done, total)`` calls."""
+
+    def __init__(self, progress: bool | ProgressCallback | None, total: int) -> None:
+        self.callback = progress if callable(progress) else None
+        tty = sys.stderr is not None and sys.stderr.isatty()
+        show = progress is True or (progress is None and tty)
+        self.bar = tqdm(total=total, desc="verify", unit="rec", disable=not show)
+        self.done, self.total = 0, total
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def verify(
     root: str | os.PathLike,
     expected: StoreSpec | None = None,
@@ -949,16 +1169,21 @@ def verify(
     decode_sample: int | None = None,
     legacy_shape: Sequence[int] | None = None,
     rtol: float = 0.05,
+    progress: bool | ProgressCallback | None = None,
+    recompute_batch: int = _RECOMPUTE_BATCH,
 ) -> VerifyReport:
     """Check a store: manifest, every shard's files (complete key lines, unique keys, values
     size == lines x record bytes), records finite (all of them, or ``decode_sample`` random
-    ones). With ``recompute`` (keys -> [N, *shape]) and ``sample`` > 0, recompute a seeded
-    random sample and report the max abs error and the max relative error (per record:
-    max |stored - recomputed| / max |recomputed|), a problem when above ``rtol``."""
+    ones). With ``recompute`` (keys -> [N, *shape], called with up to ``recompute_batch``
+    keys at a time) and ``sample`` > 0, recompute a seeded random sample and report the max
+    abs error and the max relative error (per record: max |stored - recomputed| /
+    max |recomputed|), a problem when above ``rtol``. ``progress`` over the records decoded
+    and recomputed: True shows a tqdm bar on stderr, False none, None one while stderr is a
+    terminal; a callable is called as ``progress(done, total)`` instead."""
     root = Path(root)
     report = VerifyReport(root=str(root))
     try:
-        spec = _spec_of(root, legacy_shape)
+        spec = open_spec(root, legacy_shape)
         manifest = None if legacy_shape is not None else load_manifest(root)
     except StoreError as err:
         report.problems.append(str(err))
@@ -970,7 +1195,7 @@ def verify(
     report.shards = len(ranks)
     per_shard = []
     for rank in ranks:
-        lines, n = _check_shard_files(report, root, rank, rb)
+        lines, n = _check_shard_files(report, root, rank, rb, legacy_shape is not None)
         per_shard.append(lines[:n])
     counts = {rank: len(k) for rank, k in zip(ranks, per_shard)}
     index = _build_index(per_shard)
@@ -980,6 +1205,8 @@ def verify(
             f"key {key.decode()!r} is stored twice: rank{ranks[sa]} record {ra} and "
             f"rank{ranks[sb]} record {rb_}"
         )
+        if legacy_shape is None:
+            text += " (two exports were mixed) — re-export into an empty folder"
         (report.notes if legacy_shape is not None else report.problems).append(text)
     if manifest and manifest.get("counts"):
         for rank_text, n in manifest["counts"].items():
@@ -987,7 +1214,8 @@ def verify(
             if have < n:
                 report.problems.append(
                     f"rank{rank_text} holds {have} records but the manifest counted {n} when "
-                    "the export finished: records were lost; re-run the export to refill them"
+                    "the export finished, so records were lost — re-run the export to refill "
+                    "them"
                 )
             elif have > n:
                 report.notes.append(
@@ -999,31 +1227,63 @@ def verify(
         todo = np.arange(total)
     else:  # a seeded random sample over all shards' records
         todo = np.sort(np.random.default_rng(seed).choice(total, decode_sample, replace=False))
-    starts = np.cumsum([0] + [counts[r] for r in ranks])
-    bad_records = []
+    n_recompute = min(sample, report.records) if recompute is not None else 0
+    bar = _Progress(progress, len(todo) + max(0, n_recompute))
+    try:
+        _check_finite(report, root, spec, ranks, per_shard, todo, bar)
+        if n_recompute > 0:
+            _recompute_sample(
+                report,
+                root,
+                spec,
+                ranks,
+                index,
+                recompute,
+                sample,
+                seed,
+                rtol,
+                recompute_batch,
+                bar,
+            )
+    finally:
+        bar.close()
+    return report
+
+
+def _check_finite(
+    report: VerifyReport,
+    root: Path,
+    spec: StoreSpec,
+    ranks: list[int],
+    per_shard: list[list[bytes]],
+    todo: np.ndarray,
+    bar: _Progress,
+) -> None:
+    """Decode records ``todo`` (numbers over all shards, in order) and report non-finite ones."""
+    rb, bad_records = spec.record_bytes, []
+    starts = np.cumsum([0] + [len(keys) for keys in per_shard])
     for si, rank in enumerate(ranks):
         mine = todo[(todo >= starts[si]) & (todo < starts[si + 1])] - starts[si]
         if not mine.size:
             continue
-        rows_all = np.memmap(_shard_paths(root, rank)[1], np.uint8, "r", shape=(counts[rank], rb))
+        path = _shard_paths(root, rank)[1]
+        rows_all = np.memmap(path, np.uint8, "r", shape=(len(per_shard[si]), rb))
         for lo, hi in _chunks(len(mine), rb):
             picked = mine[lo:hi]
             for j in np.flatnonzero(_nonfinite_rows(rows_all[picked], spec)):
                 rec = int(picked[j])
                 bad_records.append((rank, rec, per_shard[si][rec].decode()))
             report.checked += len(picked)
+            bar.update(len(picked))
         del rows_all
     for rank, rec, key in bad_records[:_LISTED]:
         report.problems.append(
             f"record {rec} of rank{rank}-values.bin (key {key!r}) at byte offset {rec * rb} "
-            "decodes to NaN/inf: the bytes are corrupt; delete this rank's two shard files and "
-            "resume the export to recompute its keys"
+            "decodes to NaN/inf, so its bytes are corrupt — delete this rank's two shard files "
+            "and resume the export to recompute its keys"
         )
     if len(bad_records) > _LISTED:
         report.problems.append(f"... and {len(bad_records) - _LISTED} more non-finite records")
-    if recompute is not None and sample > 0 and report.records:
-        _recompute_sample(report, root, spec, ranks, index, recompute, sample, seed, rtol)
-    return report
 
 
 def _recompute_sample(
@@ -1036,112 +1296,45 @@ def _recompute_sample(
     sample: int,
     seed: int,
     rtol: float,
+    batch: int,
+    bar: _Progress,
 ) -> None:
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(index.keys), size=min(sample, len(index.keys)), replace=False))
     keys = [bytes(index.keys[i]).decode() for i in picked]
-    fresh = _as_numpy(recompute(keys)).astype(np.float32)
-    if fresh.shape != (len(keys), *spec.shape):
-        report.problems.append(
-            f"recompute returned shape {fresh.shape}, expected {(len(keys), *spec.shape)}"
-        )
-        return
     worst_abs, worst_rel, worst_key = 0.0, 0.0, keys[0]
-    for j, i in enumerate(picked):
-        path = _shard_paths(root, ranks[index.shard[i]])[1]
-        with open(path, "rb") as f:
-            f.seek(int(index.record[i]) * spec.record_bytes)
-            row = np.frombuffer(f.read(spec.record_bytes), np.uint8)
-        diff = np.abs(decode_record(row, spec).astype(np.float32) - fresh[j])
-        abs_err = float(diff.max()) if np.isfinite(diff).all() else float("inf")
-        rel_err = abs_err / max(float(np.abs(fresh[j]).max()), 1e-30)
-        worst_abs = max(worst_abs, abs_err)
-        if rel_err > worst_rel:
-            worst_rel, worst_key = rel_err, keys[j]
+    for lo in range(0, len(keys), max(1, batch)):
+        chunk = keys[lo : lo + max(1, batch)]
+        fresh = _as_numpy(recompute(chunk)).astype(np.float32)
+        if fresh.shape != (len(chunk), *spec.shape):
+            report.problems.append(
+                f"recompute returned shape {fresh.shape} for {len(chunk)} keys, expected "
+                f"{(len(chunk), *spec.shape)} — the teacher does not match the store's records"
+            )
+            return
+        for j, i in enumerate(picked[lo : lo + len(chunk)]):
+            path = _shard_paths(root, ranks[index.shard[i]])[1]
+            with open(path, "rb") as f:
+                f.seek(int(index.record[i]) * spec.record_bytes)
+                row = np.frombuffer(f.read(spec.record_bytes), np.uint8)
+            diff = np.abs(decode_record(row, spec).astype(np.float32) - fresh[j])
+            abs_err = float(diff.max()) if np.isfinite(diff).all() else float("inf")
+            rel_err = abs_err / max(float(np.abs(fresh[j]).max()), 1e-30)
+            worst_abs = max(worst_abs, abs_err)
+            if rel_err > worst_rel:
+                worst_rel, worst_key = rel_err, chunk[j]
+        bar.update(len(chunk))
     report.sampled, report.max_abs_error, report.max_rel_error = len(keys), worst_abs, worst_rel
     if worst_rel > rtol:
         report.problems.append(
             f"recomputed records differ from the stored ones: max relative error "
-            f"{worst_rel:.4g} > {rtol} (key {worst_key!r}); the store was exported with another "
-            "teacher, preprocessing or precision than the one recomputing it"
+            f"{worst_rel:.4g} > {rtol} (key {worst_key!r}), so the store was exported with "
+            "another teacher, preprocessing or precision than the one recomputing it — "
+            "recompute with the export's config, or re-export"
         )
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.replace("x", ",").split(",") if s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape {text!r}: use e.g. 1024,72,72") from None
-
-
-def _info(root: Path, legacy_shape: Sequence[int] | None) -> str:
-    store = EmbeddingStore(root, legacy_shape=legacy_shape)
-    spec = store.spec
-    lines = [
-        repr(store),
-        f"  record: {spec.shape} {spec.encoding}, {spec.header_bytes} header bytes, "
-        f"{spec.record_bytes} bytes",
-        f"  values on disk: {_gib(len(store) * spec.record_bytes)}",
-    ]
-    lines += [f"  rank{r}: {n} records" for r, n in store.shard_counts.items()]
-    if store.duplicates_ignored:
-        lines.append(f"  duplicate keys ignored (legacy store): {store.duplicates_ignored}")
-    if not store.legacy:
-        manifest = load_manifest(root)
-        lines.append(
-            f"  created {manifest.get('created_at')}, world size "
-            f"{manifest.get('world_size')}, finalized {manifest.get('finalized_at')}"
-        )
-        lines.append("  meta: " + json.dumps(spec.meta, sort_keys=True))
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``verify PATH [--sample N]`` (exit 1 when not ok) or ``info PATH``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m stage1.embedding_store", description="Inspect a teacher embedding store."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("verify", help="check every shard and record; exit 1 on problems")
-    show = sub.add_parser("info", help="print the spec, shards and record counts")
-    for p in (check, show):
-        p.add_argument("path", type=Path, help="the store folder")
-        p.add_argument(
-            "--legacy-shape",
-            type=_parse_shape,
-            default=None,
-            help="read a public EfficientSAM3 store (no manifest) of this record shape, "
-            "e.g. 1024,72,72 or 32,256",
-        )
-    check.add_argument(
-        "--sample",
-        type=int,
-        default=0,
-        help="decode and check only N random records (0: all; file structure is always "
-        "checked in full). Recomputing records needs the teacher: use the export's "
-        "--check-saved-embed",
-    )
-    check.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
-    args = parser.parse_args(argv)
-    if args.command == "verify":
-        report = verify(
-            args.path,
-            decode_sample=args.sample or None,
-            seed=args.seed,
-            legacy_shape=args.legacy_shape,
-        )
-        print(report.summary())
-        return 0 if report.ok else 1
-    try:
-        print(_info(args.path, args.legacy_shape))
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .store_cli import cli
+
+    cli()

@@ -1,8 +1,10 @@
-"""The embedding store: round trips, crash repair, resume, duplicates, mismatches, legacy
-stores, verify, overflow, DataLoader workers, disk-space refusal, the CLI, SIGKILL resume."""
+"""The embedding store: round trips, record headers (source digests), crash repair, resume,
+duplicates, mismatches, manifest-less folders, legacy stores, verify and its progress, overflow,
+DataLoader workers, disk-space refusal, the CLI and its one-line errors, SIGKILL resume."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
@@ -17,7 +19,10 @@ import pytest
 import torch
 
 import stage1.embedding_store as es
+from stage1.cli import EXIT_USER_ERROR, error_line
 from stage1.embedding_store import (
+    DIGEST_BYTES,
+    SOURCE_DIGEST,
     DuplicateKeyError,
     EmbeddingStore,
     Float16OverflowError,
@@ -28,13 +33,17 @@ from stage1.embedding_store import (
     StoreSpec,
     StoreWriter,
     check_disk_space,
+    check_store_folder,
     create_store,
     estimate_bytes,
     existing_keys,
     finalize_manifest,
-    main,
+    format_bytes,
+    source_digest,
     verify,
 )
+from stage1.errors import UserError
+from stage1.store_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 IMG = (4, 3, 3)
@@ -60,6 +69,28 @@ def new_store(root: Path, shape=IMG, encoding="float16", world_size=1, **meta) -
     spec = StoreSpec(shape, encoding, meta={**META, **meta})
     create_store(root, spec, world_size)
     return spec
+
+
+def digest_spec(shape=TXT, encoding="float16") -> StoreSpec:
+    """A text-store spec whose record headers carry each caption's source digest."""
+    meta = {**META, "record_header": SOURCE_DIGEST}
+    return StoreSpec(shape, encoding, header_bytes=DIGEST_BYTES, meta=meta)
+
+
+def write_legacy(root: Path, shards=None) -> None:
+    """A public-EfficientSAM3 store (no manifest, an int32 before each float16 record); by
+    default rank 1 repeats key 0, as the public sampler pads its shards."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rank, ids in (shards or {0: [0, 1, 2], 1: [3, 0]}).items():
+        with open(root / f"rank{rank}-values.bin", "wb") as f:
+            for i in ids:
+                f.write(np.int32(12345 + i).tobytes())  # the unused "aug seed"
+                f.write(record(i, TXT).astype("<f2").tobytes())
+        (root / f"rank{rank}-keys.txt").write_text("".join(f"k{i:04d}\n" for i in ids))
+
+
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
 
 
 def raw_records(root: Path) -> dict[str, bytes]:
@@ -166,6 +197,69 @@ def test_int8_round_trip_fidelity_and_zero_channel(tmp_path):
     assert not store.get("k0003")[5].any()
     np.testing.assert_array_equal(store.get_many(keys[2:4])[1], store.get("k0003"))
     assert store.get_torch("k0000").dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- headers
+
+
+def test_source_digest_is_the_head_of_the_sha256_of_the_utf8_text():
+    assert DIGEST_BYTES == 8 and SOURCE_DIGEST == "source-sha256-64"
+    text = "a photo of a café, 東京"
+    assert source_digest(text) == hashlib.sha256(text.encode("utf-8")).digest()[:8]
+    assert source_digest("dog") == bytes.fromhex("cd6357efdd966de8")  # sha256("dog")[:8]
+
+
+@pytest.mark.parametrize("encoding", ["float16", "int8"])
+def test_headers_round_trip_and_survive_a_torn_tail(tmp_path, encoding):
+    spec = digest_spec(encoding=encoding)
+    create_store(tmp_path / "digests", spec, 1)
+    plain = new_store(tmp_path / "plain", TXT, encoding)
+    keys, values = batch(range(5), TXT)
+    digests = [source_digest(f"caption {i}") for i in range(5)]
+    with StoreWriter(tmp_path / "digests", 0) as w, StoreWriter(tmp_path / "plain", 0) as p:
+        w.write(keys[:3], values[:3], headers=digests[:3])
+        p.write(keys, values)
+    with open(tmp_path / "digests" / "rank0-values.bin", "ab") as f:
+        f.write(b"\x07" * (spec.record_bytes - 1))  # a torn record
+    with open(tmp_path / "digests" / "rank0-keys.txt", "ab") as f:
+        f.write(b"k00")
+    with StoreWriter(tmp_path / "digests", 0) as w:
+        assert w.repair_message and w.records == 3
+        w.write(keys[3:4], values[3:4], headers=digests[3:4])
+        w.write(keys[4:], values[4:])  # no headers given: zeros
+    store, other = EmbeddingStore(tmp_path / "digests"), EmbeddingStore(tmp_path / "plain")
+    assert store.has_source_digests and not other.has_source_digests
+    assert store.get_headers(keys[3::-1]) == digests[3::-1]
+    assert store.get_headers(keys[4:]) == [bytes(8)] and store.get_headers([]) == []
+    assert other.get_headers(keys[:2]) == [b"", b""]
+    np.testing.assert_array_equal(store.get_many(keys), other.get_many(keys))
+    on_disk = raw_records(tmp_path / "digests")
+    assert on_disk["k0002"][:8] == digests[2]
+    assert on_disk["k0002"][8:] == raw_records(tmp_path / "plain")["k0002"]
+    assert spec.record_bytes == plain.record_bytes + 8
+    with pytest.raises(KeyError, match="k0042"):
+        store.get_headers(["k0042"])
+    assert verify(tmp_path / "digests").ok
+
+
+def test_bad_headers_are_refused_and_nothing_is_written(tmp_path):
+    create_store(tmp_path, digest_spec(), 1)
+    keys, values = batch(range(2), TXT)
+    good = source_digest("a")
+    with StoreWriter(tmp_path, 0) as w:
+        for bad in ([good], [good, good[:7]], [good, good + b"9"], [good, good.hex()]):
+            with pytest.raises(ValueError, match="header"):
+                w.write(keys, values, headers=bad)
+        assert w.records == 0
+    assert (tmp_path / "rank0-values.bin").stat().st_size == 0
+    assert (tmp_path / "rank0-keys.txt").stat().st_size == 0
+    new_store(tmp_path / "plain", TXT)
+    with StoreWriter(tmp_path / "plain", 0) as w:
+        with pytest.raises(ValueError, match="0 bytes"):
+            w.write(keys, values, headers=[good, good])
+        w.write(keys, values, headers=[b"", b""])
+    with pytest.raises(ValueError, match="header_bytes"):
+        StoreSpec(TXT, header_bytes=0, meta={"record_header": SOURCE_DIGEST})
 
 
 # ----------------------------------------------------------------------------- crashes
@@ -304,6 +398,65 @@ def test_create_store_rejects_a_different_spec(tmp_path):
         new_store(tmp_path, encoding="int8")
 
 
+def test_create_store_compares_the_teacher_by_identity_not_by_path(tmp_path):
+    teacher = {
+        "kind": "image",
+        "arch": "sam3",
+        "checkpoint": "sam3_checkpoints/sam3.pt",
+        "checkpoint_sha256": "ab" * 32,
+        "precision": "fp32",
+    }
+    new_store(tmp_path, teacher=teacher)
+    moved = {**teacher, "checkpoint": "/data/models/sam3.pt"}  # the same file, named otherwise
+    new_store(tmp_path, teacher=moved, world_size=2)
+    manifest = es.load_manifest(tmp_path)
+    assert manifest["spec"].meta["teacher"] == teacher and manifest["world_size"] == 2
+    changes = {"checkpoint_sha256": "cd" * 32, "precision": "bf16", "arch": "sam3_tiny"}
+    for name, value in changes.items():
+        with pytest.raises(StoreMismatchError, match=rf"teacher.*{name}.*{value}") as err:
+            new_store(tmp_path, teacher={**moved, name: value})
+        assert "checkpoint'" not in str(err.value) and " — " in str(err.value)
+    random = {**teacher, "checkpoint": "random", "checkpoint_sha256": "random"}
+    with pytest.raises(StoreMismatchError, match="checkpoint_sha256.*random"):
+        new_store(tmp_path, teacher=random)
+
+
+def test_shards_without_a_manifest_are_never_adopted(tmp_path):
+    new_store(tmp_path, world_size=2)
+    keys, values = batch(range(3))
+    with StoreWriter(tmp_path, 0) as w:
+        w.write(keys, values)
+    (tmp_path / "manifest.json").unlink()
+    before = folder_bytes(tmp_path)
+    for change in ({"encoding": "int8"}, {"preprocessing": {"resize": "squash"}}, {}):
+        with pytest.raises(
+            StoreError, match=r"no manifest.json.*info\|verify .*--legacy-shape.*TEACHER_EMBED_PATH"
+        ) as err:
+            new_store(tmp_path, **change)
+        assert " — " in str(err.value)
+    for rank in (0, 1):  # rank 1 has no shard yet: none is created
+        with pytest.raises(StoreError, match="no manifest.json"):
+            StoreWriter(tmp_path, rank)
+    with pytest.raises(StoreError, match="no manifest.json"):
+        check_store_folder(tmp_path)
+    assert folder_bytes(tmp_path) == before
+
+
+def test_refusals_create_nothing_and_check_store_folder(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for root in (tmp_path / "file", tmp_path / "file" / "store"):
+        with pytest.raises(UserError, match="TEACHER_EMBED_PATH.*file"):
+            new_store(root)
+    assert check_store_folder(tmp_path / "new" / "store") is None
+    assert check_store_folder(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    spec = new_store(tmp_path / "new")
+    assert check_store_folder(tmp_path / "new") == spec
+    with pytest.raises(StoreError, match="create_store"):
+        StoreWriter(tmp_path, 0)  # an empty folder: not a store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "new"]
+
+
 def test_reader_checks_the_expected_spec(tmp_path):
     spec = new_store(tmp_path)
     EmbeddingStore(tmp_path, expected=spec)
@@ -322,23 +475,19 @@ def test_reader_checks_the_expected_spec(tmp_path):
 
 
 def test_legacy_store_is_readable(tmp_path):
-    shards = {0: [0, 1, 2], 1: [3, 0]}  # rank 1 repeats key 0, as the public sampler pads
-    for rank, ids in shards.items():
-        with open(tmp_path / f"rank{rank}-values.bin", "wb") as f:
-            for i in ids:
-                f.write(np.int32(12345 + i).tobytes())  # the unused "aug seed"
-                f.write(record(i, TXT).astype("<f2").tobytes())
-        (tmp_path / f"rank{rank}-keys.txt").write_text("".join(f"k{i:04d}\n" for i in ids))
+    write_legacy(tmp_path)
     with pytest.raises(StoreError, match="legacy_shape"):
         EmbeddingStore(tmp_path)
     store = EmbeddingStore(tmp_path, expected=StoreSpec(TXT), legacy_shape=TXT)
     assert len(store) == 4 and store.duplicates_ignored == 1
     for i in range(4):
         np.testing.assert_array_equal(store.get(f"k{i:04d}"), record(i, TXT).astype("f2"))
+    assert store.get_headers(["k0001"]) == [np.int32(12346).tobytes()]
+    assert not store.has_source_digests
     report = verify(tmp_path, legacy_shape=TXT)
     assert report.ok and report.records == 4 and any("twice" in n for n in report.notes)
     assert main(["verify", str(tmp_path), "--legacy-shape", "8,16"]) == 0
-    with pytest.raises(StoreError, match="create_store"):
+    with pytest.raises(StoreError, match="no manifest.json"):
         StoreWriter(tmp_path, 0)
 
 
@@ -415,6 +564,37 @@ def test_verify_recomputes_a_sample(tmp_path):
     assert 0 < report.max_abs_error < 5e-3 and report.max_rel_error < 1e-3
     wrong = verify(tmp_path, recompute=lambda ks: np.zeros((len(ks), *IMG)) + 1, sample=3)
     assert not wrong.ok and "relative error" in wrong.summary()
+
+
+def test_verify_shows_progress(tmp_path, capsys, monkeypatch):
+    new_store(tmp_path, world_size=2)
+    keys, values = batch(range(5))
+    with StoreWriter(tmp_path, 0) as w0, StoreWriter(tmp_path, 1) as w1:
+        w0.write(keys[:3], values[:3])
+        w1.write(keys[3:], values[3:])
+    seen, asked = [], []
+
+    def teacher(ks: list[str]) -> np.ndarray:
+        asked.append(len(ks))
+        return np.stack([record(int(k[1:])) for k in ks])
+
+    report = verify(
+        tmp_path,
+        recompute=teacher,
+        sample=4,
+        recompute_batch=3,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert report.ok and report.sampled == 4 and asked == [3, 1]
+    assert seen[-1] == (9, 9) and [d for d, _ in seen] == sorted({d for d, _ in seen})
+    assert capsys.readouterr().err == ""
+    verify(tmp_path)  # stderr is not a terminal: no bar
+    assert capsys.readouterr().err == ""
+    verify(tmp_path, progress=True)
+    assert "5/5" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["verify", str(tmp_path)]) == 0
+    assert "5/5" in capsys.readouterr().err
 
 
 def test_finalize_manifest_counts(tmp_path):
@@ -514,6 +694,27 @@ def test_disk_space_refusal(tmp_path, monkeypatch):
     assert check_disk_space(tmp_path, 10, spec) == estimate_bytes(10, spec)
 
 
+def test_sizes_are_given_at_their_scale(tmp_path, monkeypatch):
+    assert [format_bytes(n) for n in (0, 1023, 1536, 5 << 20, 3 << 40)] == [
+        "0 bytes",
+        "1023 bytes",
+        "1.50 KiB",
+        "5.00 MiB",
+        "3.00 TiB",
+    ]
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(es.shutil, "disk_usage", lambda p: usage(2**40, 2**40, 300))
+    with pytest.raises(InsufficientDiskError, match=r"needs about 3\.75 KiB.*only 300 bytes"):
+        check_disk_space(tmp_path, 12, StoreSpec(TXT))  # 12 x (256 + 64) bytes
+    spec = StoreSpec((1024, 72, 72))
+    need = estimate_bytes(1000, spec)
+    monkeypatch.setattr(es.shutil, "disk_usage", lambda p: usage(2**40, 0, need - 1000))
+    with pytest.raises(InsufficientDiskError) as err:  # both round to 9.89 GiB
+        check_disk_space(tmp_path, 1000, spec)
+    assert f"{need:,} bytes" in str(err.value) and f"{need - 1000:,} bytes" in str(err.value)
+    assert " — " in str(err.value)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -530,8 +731,54 @@ def test_cli_verify_exit_code(tmp_path, capsys):
     assert "3 records" in capsys.readouterr().out
     os.truncate(tmp_path / "rank0-values.bin", 100)
     assert main(["verify", str(tmp_path)]) == 1
-    assert "truncated" in capsys.readouterr().out
-    assert main(["info", str(tmp_path / "missing")]) == 1
+    captured = capsys.readouterr()
+    assert "truncated" in captured.out and captured.err == ""
+
+
+def test_cli_mistakes_are_one_error_line(tmp_path, capsys):
+    store, legacy = tmp_path / "store", tmp_path / "legacy"
+    new_store(store)
+    write_legacy(legacy)
+    (tmp_path / "file").write_text("x")
+    mistakes = [
+        ["info", str(tmp_path / "missing")],
+        ["verify", str(tmp_path / "missing")],
+        ["verify", str(tmp_path / "file")],
+        ["info", str(legacy)],
+        ["verify", str(legacy)],
+        ["info", str(legacy), "--legacy-shape", "abc"],
+        ["verify", str(legacy), "--legacy-shape", "0,16"],
+        ["verify", str(legacy), "--legacy-shape", ","],
+        ["verify", str(store), "--legacy-shape", "8,16"],
+        ["verify", str(store), "--sample", "-1"],
+        ["verify", str(store), "--sample", "many"],
+        ["info"],
+        ["check", str(store)],
+    ]
+    for argv in mistakes:
+        with pytest.raises(UserError) as err:
+            main(argv)
+        line = error_line(err.value)
+        assert "\n" not in line and " — " in line, (argv, line)
+        assert capsys.readouterr() == ("", ""), argv
+    assert main(["info", str(legacy), "--legacy-shape", "8,16"]) == 0
+    assert "4 records" in capsys.readouterr().out
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    write_legacy(tmp_path)  # no manifest, and no --legacy-shape given
+    run = subprocess.run(
+        [sys.executable, "-m", "stage1.embedding_store", "verify", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "STAGE1_DEBUG": ""},
+        timeout=120,
+    )
+    assert run.returncode == EXIT_USER_ERROR and "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+    assert "--legacy-shape" in lines[0] and run.stdout == ""
 
 
 # ----------------------------------------------------------------------------- SIGKILL
