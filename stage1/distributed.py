@@ -13,6 +13,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
+
+class DeviceError(UserError, ValueError):
+    """A DEVICE that this machine does not have."""
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -40,12 +46,25 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     """``""`` -> this rank's GPU when CUDA is available, else CPU; otherwise as requested."""
     if not requested:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise DeviceError(
+            f'DEVICE {requested!r} is not a device — give cuda, cuda:N, cpu, or "" (automatic)'
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"DEVICE {requested!r} asked for, but CUDA is not available here")
+            raise DeviceError(
+                f"DEVICE {requested!r} asked for, but CUDA is not available here — set DEVICE "
+                'cpu, or "" to use CUDA only where it is'
+            )
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        elif device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"DEVICE {requested!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s) — give cuda:0 .. cuda:N-1, or cuda (one per local rank)"
+            )
     return device
 
 

@@ -1,7 +1,7 @@
 """Phase 1: export SAM3 text-encoder embeddings of Recap-DataComp captions.
 
     python stage1/save_embedding_text_stage1.py --cfg CFG [--data-path P] [--output O]
-        [--batch-size N] [--check-saved-embed] [--opts KEY VALUE ...]
+        [--batch-size N] [--check-saved-embed] [--print-config] [--debug] [--opts KEY VALUE ...]
 
 Run it under torchrun for several processes (see stage1/scripts/save_text_embeddings.sh).
 """
@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1.cli import build_parser, config_from_args  # noqa: E402
-from stage1.export import ExportSummary, run_export  # noqa: E402
+from stage1.cli import build_parser, config_from_args, print_config, run_cli  # noqa: E402
+
+if TYPE_CHECKING:
+    from stage1.export import ExportSummary
 
 
-def main(argv: list[str] | None = None) -> ExportSummary:
-    """Parse the command line and run (or verify) the export."""
+def main(argv: list[str] | None = None) -> ExportSummary | None:
+    """Parse the command line and run (or verify) the export; None for ``--print-config``."""
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--check-saved-embed",
@@ -27,8 +30,14 @@ def main(argv: list[str] | None = None) -> ExportSummary:
         help="verify the store instead of exporting (recomputes DISTILL.VERIFY_SAMPLES records)",
     )
     args = parser.parse_args(argv)
-    return run_export(config_from_args(args), "text", check_only=args.check_saved_embed)
+    cfg = config_from_args(args)
+    if args.print_config:
+        print_config(cfg)
+        return None
+    from stage1.export import run_export  # torch and the teacher load only for a real run
+
+    return run_export(cfg, "text", check_only=args.check_saved_embed)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

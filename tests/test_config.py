@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from stage1.cli import build_parser, config_from_args
 from stage1.config import ConfigError, dump_json, load_config, to_dict
@@ -121,3 +122,15 @@ def test_broken_yaml_and_groups_given_a_value_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"^DATA is a group of keys, not a value — ") as err:
         load_config(IMAGE_CFG, ["DATA", "3"])
     assert "\n" not in str(err.value)
+
+
+def test_bad_devices_are_user_errors():
+    from stage1.distributed import resolve_device
+    from stage1.errors import UserError
+
+    with pytest.raises(UserError, match=r"DEVICE 'gpu' is not a device — give cuda, cuda:N, cpu"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"CUDA is not available here — set DEVICE cpu"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -4,7 +4,5 @@
 set -euo pipefail
 ENTRY=stage1/save_embedding_image_stage1.py
 CFG=stage1/configs/teacher/sam_vit_huge_sa1b.yaml
-DATA_PATH=data/sa-1b
-OUTPUT=output/stage1_teacher
 MASTER_PORT=${MASTER_PORT:-29501}
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh" "$@"

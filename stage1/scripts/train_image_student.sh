@@ -4,7 +4,5 @@
 set -euo pipefail
 ENTRY=stage1/train_image_encoder_stage1.py
 CFG=stage1/configs/es_rv_m.yaml
-DATA_PATH=data/sa-1b
-OUTPUT=output/stage1/es_rv_m
 MASTER_PORT=${MASTER_PORT:-29503}
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh" "$@"

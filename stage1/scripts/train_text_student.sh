@@ -4,7 +4,5 @@
 set -euo pipefail
 ENTRY=stage1/train_text_encoder_stage1.py
 CFG=stage1/configs/es_mc_s.yaml
-DATA_PATH=data/recap_subset
-OUTPUT=output/stage1_text/es_mc_s
 MASTER_PORT=${MASTER_PORT:-29504}
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh" "$@"
