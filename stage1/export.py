@@ -2,12 +2,14 @@
 
 Every rank exports the keys that :func:`stage1.data.sharding.rank_of` gives it and that no shard
 holds yet, into its own shard: a restarted export resumes where it stopped, and no key is ever
-stored twice, whatever the world size of each run.
+stored twice, whatever the world size of each run. Rank 0 first runs the checks of
+:mod:`stage1.export_checks` (nothing is created until they pass), then hashes the teacher
+checkpoint and builds the teacher. Text records carry the digest of their caption.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -19,28 +21,31 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 from yacs.config import CfgNode
 
 from . import distributed as dist
 from .config import dump_json
 from .data.recap_datacomp import CaptionShard, iter_captions
-from .data.sa1b import SA1BImages, list_sa1b
+from .data.sa1b import SA1BImages, SA1BItem, list_sa1b
 from .data.sharding import select_rank
-from .data.transforms import ImageTransform, preprocessing_record
 from .embedding_store import (
+    SOURCE_DIGEST,
     StoreSpec,
     StoreWriter,
-    check_disk_space,
     create_store,
     existing_keys,
     finalize_manifest,
+    format_bytes,
+    source_digest,
     verify,
 )
-from .logger import setup_logging
-from .teachers import Teacher, file_sha256, resolve_teacher_weights
+from .export_checks import ExportPlan, image_transform, preflight, with_checkpoint_hash
+from .logger import setup_console, setup_logging
+from .teachers import Teacher, file_sha256
 
 log = logging.getLogger("stage1.export")
+
+__all__ = ["ExportSummary", "image_transform", "run_export"]
 
 
 @dataclass
@@ -49,43 +54,9 @@ class ExportSummary:
 
     written: int = 0  # records appended by this run
     already_stored: int = 0  # keys skipped because a shard held them
-    failed: int = 0  # unreadable images / unusable captions, logged one by one
+    failed: int = 0  # unreadable images, unusable captions or keys, logged one by one
     overflow: int = 0  # values beyond float16's range (clamped to +-65504 and counted)
     seconds: float = 0.0
-
-
-def image_transform(cfg: CfgNode) -> ImageTransform:
-    """The preprocessing the config asks for."""
-    return ImageTransform(
-        cfg.DATA.IMG_SIZE,
-        cfg.DATA.RESIZE_MODE,
-        tuple(cfg.DATA.PIXEL_MEAN),
-        tuple(cfg.DATA.PIXEL_STD),
-    )
-
-
-def store_spec(cfg: CfgNode, teacher: Teacher) -> StoreSpec:
-    """What the store of this export holds; checked against the config's expectations."""
-    meta = {"teacher": teacher.record, "tag": cfg.TAG}
-    if teacher.kind == "image":
-        want = (cfg.DISTILL.EMBED_DIM, cfg.DISTILL.EMBED_SIZE, cfg.DISTILL.EMBED_SIZE)
-        if tuple(teacher.out_shape) != want:
-            raise ValueError(
-                f"the teacher ({cfg.MODEL.TEACHER_ARCH} at DATA.IMG_SIZE {cfg.DATA.IMG_SIZE}) "
-                f"outputs {teacher.out_shape} per image, but DISTILL.EMBED_DIM/EMBED_SIZE say "
-                f"{want}: set DISTILL.EMBED_DIM {teacher.out_shape[0]} and DISTILL.EMBED_SIZE "
-                f"{teacher.out_shape[1]}"
-            )
-        meta["preprocessing"] = preprocessing_record(image_transform(cfg))
-    else:
-        want = (cfg.DISTILL.CONTEXT_LENGTH, cfg.DISTILL.TEXT_DIM)
-        if tuple(teacher.out_shape) != want:
-            raise ValueError(
-                f"the text teacher outputs {teacher.out_shape} per caption, but the config says "
-                f"{want} (DISTILL.CONTEXT_LENGTH, DISTILL.TEXT_DIM)"
-            )
-        meta["context_length"] = cfg.DISTILL.CONTEXT_LENGTH
-    return StoreSpec(shape=teacher.out_shape, encoding=cfg.DISTILL.STORE_DTYPE, meta=meta)
 
 
 def _batched(items: Iterable, n: int) -> Iterator[list]:
@@ -108,8 +79,23 @@ def _on_main(info: dist.DistInfo, fn) -> object:
     return value
 
 
-def _image_batches(cfg: CfgNode, info: dist.DistInfo, stored: set[str], device: torch.device):
-    items = list_sa1b(cfg.DATA.DATA_PATH, tuple(cfg.DATA.SPLITS), cfg.DATA.NUM_SAMPLES)
+def _plan(cfg: CfgNode, kind: str, check_only: bool, info: dist.DistInfo) -> ExportPlan:
+    """Rank 0's :func:`preflight`; its listed images stay on rank 0 (the others list later)."""
+    mine: list[ExportPlan] = []
+
+    def checks() -> ExportPlan:
+        mine.append(preflight(cfg, kind, check_only))
+        return dataclasses.replace(mine[0], items=None)
+
+    shared = _on_main(info, checks)
+    return mine[0] if mine else shared  # type: ignore[return-value]
+
+
+def _image_batches(
+    cfg: CfgNode, info: dist.DistInfo, stored: set[str], device: torch.device, items
+) -> tuple[DataLoader, int, int]:
+    if items is None:
+        items = list_sa1b(cfg.DATA.DATA_PATH, tuple(cfg.DATA.SPLITS), cfg.DATA.NUM_SAMPLES)
     todo = [it for it in items if it.key not in stored]
     mine = select_rank(todo, info.rank, info.world_size)
     dataset = SA1BImages(mine, image_transform(cfg))
@@ -121,8 +107,7 @@ def _image_batches(cfg: CfgNode, info: dist.DistInfo, stored: set[str], device: 
         pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda",
         persistent_workers=False,
     )
-    already = len(items) - len(todo)
-    return loader, len(mine), len(todo), already
+    return loader, len(mine), len(items) - len(todo)
 
 
 def _caption_batches(cfg: CfgNode, info: dist.DistInfo, stored: set[str]):
@@ -147,39 +132,49 @@ def run_export(cfg: CfgNode, kind: str, check_only: bool = False) -> ExportSumma
     """Export (or with ``check_only``, verify) the teacher embeddings the config describes."""
     device = dist.resolve_device(cfg.DEVICE, dist.world_info_from_env().local_rank)
     info = dist.init_distributed(device)
-    setup_logging(cfg.OUTPUT, info.rank)
-    start = time.perf_counter()
     try:
-        return _run(cfg, kind, check_only, device, info, start)
+        setup_console(info.rank)  # the log file waits until the checks have passed
+        plan = _plan(cfg, kind, check_only, info)
+        setup_logging(cfg.OUTPUT, info.rank)
+        return _run(cfg, kind, check_only, device, info, plan, time.perf_counter())
     finally:
         dist.cleanup()
 
 
-def _run(cfg, kind, check_only, device, info, start) -> ExportSummary:
+def _hash(weights: Path | None) -> str:
+    if weights is None:
+        return ""
+    log.info(
+        "hashing the teacher checkpoint %s (%s)", weights, format_bytes(weights.stat().st_size)
+    )
+    return file_sha256(weights, progress=True)
+
+
+def _run(cfg, kind, check_only, device, info, plan: ExportPlan, start: float) -> ExportSummary:
     root = Path(cfg.DISTILL.TEACHER_EMBED_PATH)
     log.info("%s export on %s, rank %d of %d -> %s", kind, device, info.rank, info.world_size, root)
     if info.is_main and not check_only:
         dump_json(cfg, Path(cfg.OUTPUT) / "config.json")
-    weights = resolve_teacher_weights(cfg)
-    sha = _on_main(info, lambda: file_sha256(weights) if weights else "")
+    sha = _on_main(info, lambda: _hash(plan.weights))
+    spec = _on_main(info, lambda: with_checkpoint_hash(plan, root, sha))
     teacher = Teacher(cfg, kind, device, checkpoint_sha=sha)
     if teacher.backbone.load_report is not None:
         log.info(teacher.backbone.load_report.summary())
-    spec = store_spec(cfg, teacher)
 
     if check_only:
-        return _check(cfg, kind, teacher, spec, root, info)
+        return _check(cfg, kind, teacher, spec, root, info, plan.items)
 
     _on_main(info, lambda: create_store(root, spec, info.world_size))
     stored = existing_keys(root)
-    summary = ExportSummary()
+    summary = ExportSummary(failed=plan.rejected if info.is_main else 0)  # rank 0 listed them
     with StoreWriter(root, info.rank, allow_overflow=True) as writer:
         if writer.repair_message:
             log.warning("shard %d: %s", info.rank, writer.repair_message)
         if kind == "image":
-            batches, mine, todo, summary.already_stored = _image_batches(cfg, info, stored, device)
-            _on_main(info, lambda: _announce(root, todo, spec, cfg.DISTILL.FORCE))
-            unit, total = "img", mine
+            batches, total, summary.already_stored = _image_batches(
+                cfg, info, stored, device, plan.items
+            )
+            unit = "img"
         else:
             batches, shard = _caption_batches(cfg, info, stored)
             unit, total = "cap", None
@@ -190,15 +185,15 @@ def _run(cfg, kind, check_only, device, info, start) -> ExportSummary:
             dynamic_ncols=True,
             desc=f"export {kind} (rank 0 of {info.world_size})",
         )
-        # rank 0's console lines go through tqdm (other ranks log to their files only)
-        console = logging_redirect_tqdm([log]) if info.is_main else contextlib.nullcontext()
-        with console:
-            _export_loop(cfg, kind, teacher, writer, batches, bar, summary)
+        digests = spec.meta.get("record_header") == SOURCE_DIGEST  # each record's caption
+        _export_loop(cfg, kind, teacher, writer, batches, bar, summary, digests)
         bar.close()
         summary.overflow = writer.overflow_count
         if kind == "text":
             summary.already_stored = shard.already_stored
-            summary.failed += shard.stats.empty + shard.stats.duplicates
+            summary.failed += shard.stats.duplicates  # each key's rank counts its duplicates
+            if info.is_main:  # every rank reads (and counts) the rows no rank can use
+                summary.failed += shard.stats.empty + shard.stats.rejected
     totals = dist.all_reduce_sum(
         [summary.written, summary.already_stored, summary.failed, summary.overflow]
     )
@@ -208,7 +203,8 @@ def _run(cfg, kind, check_only, device, info, start) -> ExportSummary:
         counts = finalize_manifest(root)
         log.info(
             "export done in %.1f s: %d written, %d already stored, %d skipped (unreadable/empty/"
-            "duplicate), %d float16 overflows; the store holds %d records in %d shard(s)",
+            "duplicate/unstorable key), %d float16 overflows; the store holds %d records in %d "
+            "shard(s)",
             summary.seconds,
             summary.written,
             summary.already_stored,
@@ -222,7 +218,9 @@ def _run(cfg, kind, check_only, device, info, start) -> ExportSummary:
     return summary
 
 
-def _export_loop(cfg, kind, teacher, writer, batches, bar, summary: ExportSummary) -> None:
+def _export_loop(
+    cfg, kind, teacher, writer, batches, bar, summary: ExportSummary, digests: bool
+) -> None:
     """Teacher forward and store append, batch by batch; counts go into ``summary``."""
     for step, batch in enumerate(batches):
         for key, message in batch["failed"]:
@@ -230,23 +228,22 @@ def _export_loop(cfg, kind, teacher, writer, batches, bar, summary: ExportSummar
         summary.failed += len(batch["failed"])
         if batch["keys"]:
             inputs = batch["images"] if kind == "image" else batch["captions"]
-            summary.written += writer.write(batch["keys"], teacher(inputs).cpu())
+            headers = [source_digest(c) for c in batch["captions"]] if digests else None
+            summary.written += writer.write(batch["keys"], teacher(inputs).cpu(), headers=headers)
         bar.update(len(batch["keys"]) + len(batch["failed"]))
         if step % cfg.LOG_EVERY == 0:
             log.info("step %d: %d written, %d skipped", step, summary.written, summary.failed)
 
 
-def _announce(root: Path, todo: int, spec: StoreSpec, force: bool) -> None:
-    need = check_disk_space(root, todo, spec, force)
-    log.info("%d records to export, about %.2f GiB on disk", todo, need / 2**30)
-
-
-def _check(cfg, kind, teacher: Teacher, spec: StoreSpec, root: Path, info) -> ExportSummary:
+def _check(
+    cfg, kind, teacher: Teacher, spec: StoreSpec, root: Path, info, items: list[SA1BItem] | None
+) -> ExportSummary:
     """``--check-saved-embed``: verify the store; rank 0 recomputes a sample with the teacher."""
     if not info.is_main:
         return ExportSummary()
+    batch_size = cfg.DATA.BATCH_SIZE
     if kind == "image":
-        by_key = {it.key: it for it in list_sa1b(cfg.DATA.DATA_PATH, tuple(cfg.DATA.SPLITS))}
+        by_key = {it.key: it for it in items or ()}
         dataset = SA1BImages([], image_transform(cfg))
 
         def recompute(keys: list[str]) -> np.ndarray:
@@ -254,8 +251,10 @@ def _check(cfg, kind, teacher: Teacher, spec: StoreSpec, root: Path, info) -> Ex
             batch = dataset.collate([dataset[i] for i in range(len(keys))])
             return teacher(batch["images"]).cpu().numpy()
     else:
+        batch_size = max(1, cfg.DISTILL.VERIFY_SAMPLES)  # one pass over the captions for all
 
         def recompute(keys: list[str]) -> np.ndarray:
+            log.info("looking up %d sampled captions in %s", len(keys), cfg.DATA.DATA_PATH)
             wanted = set(keys)
             found = dict(
                 iter_captions(
@@ -265,9 +264,18 @@ def _check(cfg, kind, teacher: Teacher, spec: StoreSpec, root: Path, info) -> Ex
                     key_filter=wanted.__contains__,
                 )
             )
-            return teacher([found[k] for k in keys]).cpu().numpy()
+            captions = [found[k] for k in keys]
+            chunks = _batched(captions, cfg.DATA.BATCH_SIZE)
+            return np.concatenate([teacher(chunk).cpu().numpy() for chunk in chunks])
 
-    report = verify(root, expected=spec, recompute=recompute, sample=cfg.DISTILL.VERIFY_SAMPLES)
+    report = verify(
+        root,
+        expected=spec,
+        recompute=recompute,
+        sample=cfg.DISTILL.VERIFY_SAMPLES,
+        progress=True,
+        recompute_batch=batch_size,
+    )
     log.info(report.summary())
     report.raise_if_bad()
     return ExportSummary()

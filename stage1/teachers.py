@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 from yacs.config import CfgNode
 
 from sam3.checkpoint import SAM3_DOWNLOAD_HINT
@@ -23,14 +24,25 @@ from sam3.model.text_encoder import TextConfig
 from sam3.model.vit import ViTConfig
 from sam3.model_builder import BackboneConfig, build_sam3_backbone
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+class TeacherError(UserError, ValueError):
+    """The config asks for a teacher that cannot be built (architecture, size, weights)."""
+
+
+class TeacherCheckpointError(TeacherError, FileNotFoundError):
+    """``MODEL.RESUME`` names no file."""
 
 
 def _sam3_arch(img_size: int) -> BackboneConfig:
     if img_size != 1008:
-        raise ValueError(
-            f"MODEL.TEACHER_ARCH sam3 runs at 1008x1008 only (its RoPE tables are fixed); "
-            f"DATA.IMG_SIZE is {img_size}"
+        raise TeacherError(
+            f"MODEL.TEACHER_ARCH sam3 runs at 1008x1008 only (its RoPE tables are fixed), but "
+            f"DATA.IMG_SIZE is {img_size} — set DATA.IMG_SIZE 1008 (and, for an image export, "
+            "DISTILL.EMBED_SIZE 72)"
         )
     return BackboneConfig()
 
@@ -39,7 +51,12 @@ def _sam3_tiny_arch(img_size: int) -> BackboneConfig:
     """Two narrow blocks at any multiple of 14: for smoke runs and tests, never for real use."""
     grid = img_size // 14
     if img_size % 14 or grid < 2:
-        raise ValueError(f"DATA.IMG_SIZE {img_size} must be a multiple of 14 (>= 28)")
+        size = max(28, 14 * round(img_size / 14))
+        raise TeacherError(
+            f"MODEL.TEACHER_ARCH sam3_tiny needs DATA.IMG_SIZE to be a multiple of 14 (at least "
+            f"28), but it is {img_size} — set DATA.IMG_SIZE {size} (and, for an image export, "
+            f"DISTILL.EMBED_SIZE {size // 14})"
+        )
     window = grid // 2 if grid % 2 == 0 else grid
     vit = ViTConfig(
         img_size=img_size,
@@ -60,12 +77,25 @@ TEACHER_ARCHS: dict[str, Callable[[int], BackboneConfig]] = {
 }
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    """SHA-256 of a file, read in 16 MiB chunks."""
+def file_sha256(path: str | Path, chunk: int = 1 << 24, progress: bool = False) -> str:
+    """SHA-256 of a file, read in 16 MiB chunks; ``progress`` shows a bar in bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    path = Path(path)
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"sha256 {path.name}",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         while block := f.read(chunk):
             digest.update(block)
+            bar.update(len(block))
     return digest.hexdigest()
 
 
@@ -74,18 +104,43 @@ def resolve_teacher_weights(cfg: CfgNode) -> Path | None:
     if cfg.MODEL.RESUME:
         path = Path(cfg.MODEL.RESUME)
         if not path.is_file():
-            raise FileNotFoundError(
-                f"MODEL.RESUME = {cfg.MODEL.RESUME!r} does not exist: {SAM3_DOWNLOAD_HINT} "
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise TeacherCheckpointError(
+                f"MODEL.RESUME = {cfg.MODEL.RESUME!r} {what} — {SAM3_DOWNLOAD_HINT} "
                 "(sam3_checkpoints/sam3.pt is the default), or set MODEL.RESUME to your copy"
             )
         return path
     if not cfg.MODEL.ALLOW_RANDOM_TEACHER:
-        raise ValueError(
-            "MODEL.RESUME is empty, so there is no teacher to export from. Set MODEL.RESUME to "
+        raise TeacherError(
+            "MODEL.RESUME is empty, so there is no teacher to export from — set MODEL.RESUME to "
             "sam3.pt, or (smoke runs only) opt in to random weights with "
             "--opts MODEL.ALLOW_RANDOM_TEACHER True"
         )
     return None
+
+
+def teacher_arch(cfg: CfgNode) -> BackboneConfig:
+    """The backbone config of ``MODEL.TEACHER_ARCH`` at ``DATA.IMG_SIZE`` (nothing is built)."""
+    return TEACHER_ARCHS[cfg.MODEL.TEACHER_ARCH](cfg.DATA.IMG_SIZE)
+
+
+def teacher_out_shape(cfg: CfgNode, kind: str) -> tuple[int, ...]:
+    """What the teacher outputs per image ``(C, G, G)`` or per caption ``(ctx, width)``."""
+    arch = teacher_arch(cfg)
+    if kind == "image":
+        return (arch.vit.embed_dim, arch.vit.grid_size, arch.vit.grid_size)
+    return (cfg.DISTILL.CONTEXT_LENGTH, arch.d_model)
+
+
+def teacher_record(cfg: CfgNode, kind: str, weights: Path | None, sha: str) -> dict[str, Any]:
+    """What a store manifest records about the teacher (``meta["teacher"]``)."""
+    return {
+        "kind": kind,
+        "arch": cfg.MODEL.TEACHER_ARCH,
+        "checkpoint": str(weights) if weights else "random",
+        "checkpoint_sha256": sha if weights else "random",
+        "precision": cfg.DISTILL.EXPORT_PRECISION,
+    }
 
 
 class Teacher(nn.Module):
@@ -97,7 +152,7 @@ class Teacher(nn.Module):
             raise ValueError(f"teacher kind must be 'image' or 'text', got {kind!r}")
         self.kind = kind
         self.context_length = cfg.DISTILL.CONTEXT_LENGTH
-        arch = TEACHER_ARCHS[cfg.MODEL.TEACHER_ARCH](cfg.DATA.IMG_SIZE)
+        arch = teacher_arch(cfg)
         weights = resolve_teacher_weights(cfg)
         if weights is None:
             log.warning(
@@ -119,17 +174,8 @@ class Teacher(nn.Module):
         if kind == "image" and device.type == "cpu" and self.precision == "fp32":
             packed = self.backbone.vision_backbone.trunk.pack_for_cpu()
             log.info("CPU teacher: %d trunk linears use oneDNN-packed weights", packed)
-        self.record: dict[str, Any] = {
-            "kind": kind,
-            "arch": cfg.MODEL.TEACHER_ARCH,
-            "checkpoint": str(weights) if weights else "random",
-            "checkpoint_sha256": checkpoint_sha if weights else "random",
-            "precision": self.precision,
-        }
-        if kind == "image":
-            self.out_shape = (arch.vit.embed_dim, arch.vit.grid_size, arch.vit.grid_size)
-        else:
-            self.out_shape = (self.context_length, arch.d_model)
+        self.record = teacher_record(cfg, kind, weights, checkpoint_sha)
+        self.out_shape = teacher_out_shape(cfg, kind)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":

@@ -13,6 +13,7 @@ from stage1.data.recap_datacomp import (
     CaptionShard,
     CaptionStats,
     caption_key,
+    check_parquet_files,
     iter_captions,
     list_parquet_files,
 )
@@ -194,3 +195,30 @@ def test_shard_counts_already_stored(recap: Path) -> None:
     assert shard.already_stored == 3  # k1 twice (a duplicate row) and k4
     with pytest.raises(ValueError, match="rank"):
         CaptionShard(recap, 3, 3)
+
+
+def test_keys_the_store_cannot_hold_are_percent_encoded(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "x.parquet",
+        {
+            "key": ["k 1", "tab\tkey", "50%", "ok", "bad\nkey"],
+            "re_caption": ["one", "two", "three", "four", "five"],
+        },
+    )
+    stats = CaptionStats()
+    got = list(iter_captions(tmp_path, stats=stats))
+    assert got == [
+        ("k%201", "one"),
+        ("tab%09key", "two"),
+        ("50%25", "three"),
+        ("ok", "four"),
+        (caption_key("five"), "five"),  # a line break still falls back to the caption hash
+    ]
+    assert stats.encoded_keys == 3 and stats.hashed_keys == 1
+
+
+def test_check_parquet_files_counts_rows_and_finds_a_bad_file(recap: Path) -> None:
+    assert check_parquet_files(recap) == 13  # footers only: every row, usable or not
+    _write(recap / "sub" / "z.parquet", {"key": ["q"], "caption": ["wrong column"]})
+    with pytest.raises(ValueError, match=r"z\.parquet has no caption column 're_caption'"):
+        check_parquet_files(recap)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
+from stage1.data.keys import decode_key
 from stage1.data.sa1b import (
     SA1BImages,
     SA1BItem,
     SA1BListStats,
     collate_images,
     list_sa1b,
+    load_rgb,
 )
 from stage1.data.sharding import rank_of, select_rank
 from stage1.data.transforms import ImageTransform
@@ -125,7 +128,7 @@ def test_listing_errors_are_actionable(sa1b: Path, tmp_path: Path) -> None:
     (empty / "images" / "train").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no .jpg image"):
         list_sa1b(empty, splits=("train",))
-    with pytest.raises(ValueError, match="distinct"):
+    with pytest.raises(ValueError, match="DATA.SPLITS names a split twice"):
         list_sa1b(sa1b, splits=("train", "train"))
 
 
@@ -208,3 +211,35 @@ def test_dataset_and_collate_pickle_for_worker_processes(sa1b: Path) -> None:
     clone = pickle.loads(pickle.dumps(ds))
     assert torch.equal(clone[0]["image"], ds[0]["image"])
     assert pickle.loads(pickle.dumps(ds.collate))([ds[0]])["images"].shape == (1, 3, SIZE, SIZE)
+
+
+def test_names_a_store_cannot_hold_become_reversible_keys(tmp_path: Path) -> None:
+    """A space, a '%' and a non-UTF-8 byte in a file name: listed under a percent-encoded key
+    that decodes back to the file name's bytes; plain names keep their key."""
+    folder = tmp_path / "sa-1b" / "images" / "train"
+    for name in ("my photo.jpg", "100%.jpg", "sa_12345.jpg"):
+        _write(folder / name, _jpeg_bytes(8, 8))
+    with open(os.fsencode(folder) + b"/caf\xe9.jpg", "wb") as f:  # Latin-1, not UTF-8
+        f.write(_jpeg_bytes(8, 8))
+    _write(tmp_path / "sa-1b" / "annotations" / "train" / "my photo.json", b"{}")
+    stats = SA1BListStats()
+    items = list_sa1b(tmp_path / "sa-1b", splits=("train",), stats=stats)
+    assert [i.key for i in items] == ["100%25", "caf%E9", "my%20photo", "sa_12345"]
+    for item in items:
+        assert os.fsencode(decode_key(item.key)) == os.fsencode(item.image_path.stem)
+        assert load_rgb(item.image_path).size == (8, 8)
+    assert items[2].annotation_path == tmp_path / "sa-1b/annotations/train/my photo.json"
+    assert stats.encoded_keys == 3 and stats.rejected == []
+
+
+def test_keys_the_store_rejects_are_skipped_and_named(sa1b: Path, monkeypatch, caplog) -> None:
+    import stage1.data.keys as keys
+
+    _write(sa1b / "images" / "train" / "sa 6.jpg", _jpeg_bytes(8, 8))
+    monkeypatch.setattr(keys, "_store_check", lambda key: "too long" if key == "sa%206" else None)
+    stats = SA1BListStats()
+    with caplog.at_level(logging.WARNING):
+        items = list_sa1b(sa1b, splits=("train",), stats=stats)
+    assert len(items) == 8 and "sa%206" not in [i.key for i in items]
+    assert stats.rejected == [("sa 6.jpg", "too long")]
+    assert "sa 6.jpg" in caplog.text and "too long" in caplog.text

@@ -4,10 +4,11 @@ Rows are read ``batch_rows`` at a time with ``pyarrow.parquet.ParquetFile.iter_b
 the caption and key columns are decoded; files are visited in sorted path order, so the stream
 is deterministic.
 
-Keys: the ``key_column`` value as a string. When a file has no such column (or a row's key is
-null, empty or contains a line break, which a ``keys.txt`` line cannot hold), the key is
-``"sha1:" + sha1(caption as UTF-8).hexdigest()`` (45 characters; identical captions get one
-key, so they are stored once). :class:`CaptionStats` counts these fallbacks.
+Keys: the ``key_column`` value as a string, made a valid store key by
+:func:`stage1.data.keys.encode_key` (``a b`` -> ``a%20b``; ids the store can hold are unchanged).
+When a file has no such column (or a row's key is null, empty or contains a line break), the key
+is ``"sha1:" + sha1(caption as UTF-8).hexdigest()`` (45 characters; identical captions get one
+key, so they are stored once). :class:`CaptionStats` counts both.
 
 Duplicates: a key is yielded once; later rows with the same key are counted and skipped. This
 keeps a set of the keys yielded so far: about 95 MB per million 12-character keys (130 MB per
@@ -18,14 +19,20 @@ holds only its own keys.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
+from stage1.data.errors import DataError, DataNotFoundError
+from stage1.data.keys import encode_key, key_problem
 from stage1.data.sharding import check_rank, rank_of
+
+logger = logging.getLogger(__name__)
 
 HASH_KEY_PREFIX = "sha1:"
 _STRING_TYPES = (pa.types.is_string, pa.types.is_large_string) + (
@@ -45,6 +52,8 @@ class CaptionStats:
     duplicates: int = 0  # rows whose key was already yielded, skipped
     filtered: int = 0  # usable rows rejected by ``key_filter`` (other ranks, already stored)
     hashed_keys: int = 0  # rows keyed by the caption hash (no usable key column value)
+    encoded_keys: int = 0  # rows whose key is their percent-encoded id (not the id itself)
+    rejected: int = 0  # rows whose key the store rejects: skipped, each logged
     key_fallback_files: list[str] = field(default_factory=list)  # files without the key column
 
 
@@ -55,13 +64,13 @@ def caption_key(caption: str) -> str:
 
 def list_parquet_files(root: str | Path) -> list[Path]:
     """All ``*.parquet`` files under ``root`` (recursive), sorted by path; ``root`` may also be a
-    single parquet file. Raises ``FileNotFoundError`` if it is missing or holds no parquet."""
+    single parquet file. Raises :class:`DataNotFoundError` if it is missing or holds none."""
     root = Path(root)
     if root.is_file() and root.suffix == ".parquet":
         return [root]
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"caption folder {root} does not exist; set DATA.DATA_PATH to the folder holding the "
+        raise DataNotFoundError(
+            f"caption folder {root} does not exist — set DATA.DATA_PATH to the folder holding the "
             "Recap-DataComp parquet files (data/download_datacomp.py fetches them)"
         )
     # Hidden files and folders are skipped (hf_hub_download keeps its state in .cache/).
@@ -72,20 +81,22 @@ def list_parquet_files(root: str | Path) -> list[Path]:
     )
     files = [root / rel for rel in relative]
     if not files:
-        raise FileNotFoundError(
-            f"no *.parquet file under {root}; run data/download_datacomp.py --output {root} or "
+        raise DataNotFoundError(
+            f"no *.parquet file under {root} — run data/download_datacomp.py --output {root} or "
             "copy Recap-DataComp parquet files there"
         )
     return files
 
 
-def _usable_key(value: object) -> str | None:
+def _key_id(value: object) -> str | None:
+    """A key column value as text (bytes that are not UTF-8 kept as lone surrogates), or None
+    when it is null, empty or holds a line break (those rows fall back to the caption hash)."""
     if value is None:
         return None
-    key = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    if not key or "\n" in key or "\r" in key:
+    text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+    if not text or "\n" in text or "\r" in text:
         return None
-    return key
+    return text
 
 
 def _open(path: Path, caption_column: str, key_column: str | None) -> tuple[pq.ParquetFile, bool]:
@@ -93,26 +104,44 @@ def _open(path: Path, caption_column: str, key_column: str | None) -> tuple[pq.P
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
-        raise ValueError(
-            f"cannot read parquet file {path}: {exc}; it may be incomplete, so delete it and "
+        raise DataError(
+            f"cannot read parquet file {path}: {exc} — it may be incomplete: delete it and "
             "download it again (data/download_datacomp.py skips the complete files)"
         ) from exc
     schema = pf.schema_arrow
     names = schema.names
     if caption_column not in names:
         pf.close()
-        raise ValueError(
-            f"{path} has no caption column {caption_column!r}; its columns are {names}. "
-            "Set DATA.CAPTION_COLUMN to the column that holds the captions."
+        raise DataError(
+            f"{path} has no caption column {caption_column!r}; its columns are {names} — "
+            "set DATA.CAPTION_COLUMN to the column that holds the captions"
         )
     ctype = schema.field(caption_column).type
     if not any(is_type(ctype) for is_type in _STRING_TYPES):
         pf.close()
-        raise ValueError(
-            f"column {caption_column!r} of {path} has type {ctype}, not string; "
+        raise DataError(
+            f"column {caption_column!r} of {path} has type {ctype}, not string — "
             "set DATA.CAPTION_COLUMN to a text column"
         )
     return pf, bool(key_column) and key_column in names
+
+
+def check_parquet_files(
+    root: str | Path,
+    caption_column: str = "re_caption",
+    key_column: str | None = "key",
+    progress: bool = False,
+) -> int:
+    """Open every parquet file under ``root`` as :func:`iter_captions` will (footer and columns
+    only, no rows decoded) and return their total row count; raises the error the stream would
+    raise on the first bad file. ``progress`` shows a bar over the files."""
+    total = 0
+    files = list_parquet_files(root)
+    for path in tqdm(files, desc="check parquet files", unit="file", disable=not progress):
+        pf, _ = _open(path, caption_column, key_column)
+        with pf:
+            total += pf.metadata.num_rows
+    return total
 
 
 def iter_captions(
@@ -128,11 +157,11 @@ def iter_captions(
     Null/blank captions and repeated keys are skipped and counted in ``stats``; ``key_filter``
     (applied before duplicate removal) drops keys this consumer does not want. A missing caption
     column is an error naming the file and its columns; a missing key column falls back to the
-    caption hash (see the module docstring). Raises ``ValueError`` at the end if no row had a
+    caption hash (see the module docstring). Raises :class:`DataError` at the end if no row had a
     usable caption.
     """
     if batch_rows < 1:
-        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        raise DataError(f"DATA.PARQUET_BATCH_ROWS is {batch_rows} — use a number >= 1")
     stats = stats if stats is not None else CaptionStats()
     seen: set[str] = set()
     for path in list_parquet_files(root):
@@ -153,10 +182,18 @@ def iter_captions(
                     if caption is None or not caption.strip():
                         stats.empty += 1
                         continue
-                    key = _usable_key(raw_key)
-                    if key is None:
+                    key_id = _key_id(raw_key)
+                    if key_id is None:
                         key = caption_key(caption)
                         stats.hashed_keys += 1
+                    else:
+                        key = encode_key(key_id)
+                        stats.encoded_keys += key != key_id
+                        problem = key_problem(key)
+                        if problem:
+                            logger.warning("skipped %s row key %r: %s", path, key, problem)
+                            stats.rejected += 1
+                            continue
                     if key_filter is not None and not key_filter(key):
                         stats.filtered += 1
                         continue
@@ -167,9 +204,9 @@ def iter_captions(
                     stats.yielded += 1
                     yield key, caption
     if stats.yielded + stats.filtered + stats.duplicates == 0:
-        raise ValueError(
+        raise DataError(
             f"no usable caption in {stats.files} parquet file(s) under {root} ({stats.rows} rows, "
-            f"{stats.empty} empty captions, {stats.empty_files} empty files); check "
+            f"{stats.empty} empty captions, {stats.empty_files} empty files) — check "
             f"DATA.CAPTION_COLUMN ({caption_column!r}) and the downloaded files"
         )
 

@@ -2,8 +2,12 @@
 
 Layout (what ``data/reorg_sa1b.py`` produces)::
 
-    root/images/{split}/<stem>.jpg        # the key of an image is its stem, e.g. "sa_307767"
+    root/images/{split}/<stem>.jpg        # an image's key is its stem, e.g. "sa_307767"
     root/annotations/{split}/<stem>.json  # optional; only the path is recorded, never parsed
+
+Keys: the stem, made a valid store key by :func:`stage1.data.keys.encode_key` (``my photo.jpg``
+-> ``my%20photo``; plain names such as ``sa_307767`` are unchanged). A name the store still
+rejects is skipped, counted in :class:`SA1BListStats` and named in the log.
 
 Annotation policy: when ``root/annotations/{split}`` does not exist, images are listed with
 ``annotation_path=None`` silently (the export does not need the masks). When it exists but an
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,6 +31,8 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
+from stage1.data.errors import DataError, DataNotFoundError
+from stage1.data.keys import encode_key, key_problem
 from stage1.data.transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
@@ -36,7 +43,7 @@ _SHOW = 5  # names shown in messages before "..."
 
 @dataclass(frozen=True, slots=True)
 class SA1BItem:
-    """One SA-1B image: its key (file stem, unique across splits), split and file paths."""
+    """One SA-1B image: its key (the encoded file stem, unique across splits), split and paths."""
 
     key: str
     split: str
@@ -54,6 +61,8 @@ class SA1BListStats:
     orphan_annotations: int = 0  # JSON files without an image of the same stem
     missing_examples: list[str] = field(default_factory=list)  # a few keys without JSON
     orphan_examples: list[str] = field(default_factory=list)  # a few orphan JSON stems
+    encoded_keys: int = 0  # images whose key is their percent-encoded stem (not the stem)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, why): skipped
 
 
 def _names(names: Sequence[str]) -> str:
@@ -66,19 +75,32 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
-    """Stem -> path of the images in ``folder``; two files with one stem are an error."""
+def _image_files(folder: Path, stats: SA1BListStats) -> dict[str, Path]:
+    """Key -> path of the images in ``folder``; two files with one key are an error, a file
+    whose key the store rejects is skipped (logged, recorded in ``stats.rejected``)."""
     found: dict[str, Path] = {}
     with os.scandir(folder) as entries:  # DirEntry.is_file() needs no extra stat per file
         paths = [Path(e.path) for e in entries if e.is_file() and _is_image_name(e.name)]
     for path in paths:
-        if path.stem in found:
-            raise ValueError(
-                f"two images with the key {path.stem!r} in {folder}: {found[path.stem].name} and "
-                f"{path.name}; keys must be unique, remove or rename one of them"
+        key = encode_key(path.stem)
+        problem = key_problem(key)
+        if problem:
+            logger.warning("skipped %s: its key %r cannot be stored: %s", path, key, problem)
+            stats.rejected.append((path.name, problem))
+            continue
+        if key in found:
+            raise DataError(
+                f"two images with the key {key!r} in {folder}: {found[key].name} and "
+                f"{path.name} — keys must be unique: remove or rename one of them"
             )
-        found[path.stem] = path
+        stats.encoded_keys += key != path.stem
+        found[key] = path
     return found
+
+
+def _annotation_files(folder: Path) -> dict[str, Path]:
+    """Key -> path of the annotation JSON files in ``folder`` (hidden files skipped)."""
+    return {encode_key(p.stem): p for p in folder.glob("*.json") if not p.name.startswith(".")}
 
 
 def list_sa1b(
@@ -90,50 +112,51 @@ def list_sa1b(
     """List the SA-1B images of ``splits`` under ``root``, sorted by key (lexical order).
 
     ``num_samples > 0`` keeps the first N images of each split in sorted order. ``stats``, when
-    given, is filled in (see :class:`SA1BListStats`). Raises ``FileNotFoundError`` when the root,
-    ``images/`` or a split folder is missing or no image is found, and ``ValueError`` when a key
-    occurs twice (within or across splits).
+    given, is filled in (see :class:`SA1BListStats`). Raises :class:`DataNotFoundError` when the
+    root, ``images/`` or a split folder is missing or no image is found, and :class:`DataError`
+    when a key occurs twice (within or across splits).
     """
     root = Path(root)
     stats = stats if stats is not None else SA1BListStats()
     if not splits:
-        raise ValueError("no split requested; pass e.g. splits=('train', 'val')")
+        raise DataError("no split requested — set DATA.SPLITS, e.g. ['train', 'val']")
     if len(set(splits)) != len(splits):
-        raise ValueError(f"splits must be distinct, got {list(splits)}")
+        raise DataError(f"DATA.SPLITS names a split twice: {list(splits)} — list each once")
     if num_samples < 0:
-        raise ValueError(f"num_samples must be >= 0 (0 = all), got {num_samples}")
+        raise DataError(f"DATA.NUM_SAMPLES is {num_samples} — use 0 (all) or a positive number")
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"SA-1B root {root} does not exist; set DATA.DATA_PATH to the folder holding "
+        raise DataNotFoundError(
+            f"SA-1B root {root} does not exist — set DATA.DATA_PATH to the folder holding "
             "images/{train,val} (data/reorg_sa1b.py builds it from the SA-1B tar files)"
         )
     images_dir = root / "images"
     if not images_dir.is_dir():
-        raise FileNotFoundError(
-            f"{images_dir} does not exist; an SA-1B root holds images/{{split}}/*.jpg "
-            "(run data/reorg_sa1b.py on the downloaded tar files to build it)"
+        raise DataNotFoundError(
+            f"{images_dir} does not exist — an SA-1B root holds images/{{split}}/*.jpg: run "
+            "data/reorg_sa1b.py on the downloaded tar files to build it"
         )
     existing = sorted(p.name for p in images_dir.iterdir() if p.is_dir())
     missing = [s for s in splits if s not in existing]
     if missing:
-        raise FileNotFoundError(
-            f"split folder(s) {missing} not found in {images_dir}; it has "
-            f"{existing or 'no split folders'} (set DATA.SPLITS to the splits that exist)"
+        raise DataNotFoundError(
+            f"split folder(s) {missing} not found in {images_dir}, which has "
+            f"{existing or 'no split folders'} — set DATA.SPLITS to the splits that exist"
         )
 
     items: list[SA1BItem] = []
     owner: dict[str, str] = {}
     duplicates: list[str] = []
     for split in splits:
-        images = _image_files(images_dir / split)
+        start = time.perf_counter()
+        images = _image_files(images_dir / split, stats)
         keys = sorted(images)
         if num_samples:
             keys = keys[:num_samples]
         ann_dir = root / "annotations" / split
-        ann_stems: set[str] | None = None
+        annotations: dict[str, Path] | None = None
         if ann_dir.is_dir():
-            ann_stems = {p.stem for p in ann_dir.glob("*.json") if not p.name.startswith(".")}
-            orphans = sorted(ann_stems - images.keys())
+            annotations = _annotation_files(ann_dir)
+            orphans = sorted(annotations.keys() - images.keys())
             stats.orphan_annotations += len(orphans)
             stats.orphan_examples.extend(orphans[: _SHOW - len(stats.orphan_examples)])
         for key in keys:
@@ -142,10 +165,9 @@ def list_sa1b(
                 continue
             owner[key] = split
             ann: Path | None = None
-            if ann_stems is not None:
-                if key in ann_stems:
-                    ann = ann_dir / f"{key}.json"
-                else:
+            if annotations is not None:
+                ann = annotations.get(key)
+                if ann is None:
                     stats.missing_annotations += 1
                     if len(stats.missing_examples) < _SHOW:
                         stats.missing_examples.append(key)
@@ -153,15 +175,24 @@ def list_sa1b(
         stats.images[split] = len(keys)
         if not keys:
             logger.warning("SA-1B split %r in %s holds no .jpg image", split, images_dir / split)
+        else:
+            seconds = time.perf_counter() - start
+            logger.info("listed %d images of split %r in %.1f s", len(keys), split, seconds)
     if duplicates:
-        raise ValueError(
-            f"{len(duplicates)} key(s) occur in more than one split: {_names(duplicates)}; keys "
+        raise DataError(
+            f"{len(duplicates)} key(s) occur in more than one split: {_names(duplicates)} — keys "
             "must be unique in a store, so keep each image in one split only"
         )
     if not items:
-        raise FileNotFoundError(
-            f"no .jpg image found in {images_dir} for splits {list(splits)}; check "
+        raise DataNotFoundError(
+            f"no .jpg image found in {images_dir} for splits {list(splits)} — check "
             "DATA.DATA_PATH and DATA.SPLITS"
+        )
+    if stats.encoded_keys:
+        logger.info(
+            "%d file name(s) hold characters a store key cannot: their keys are "
+            "percent-encoded (e.g. 'my photo.jpg' -> 'my%%20photo')",
+            stats.encoded_keys,
         )
     if stats.missing_annotations:
         logger.warning(
