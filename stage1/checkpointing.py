@@ -1,7 +1,10 @@
 """Training checkpoints: ``OUTPUT/ckpt_epoch_{N}.pth``, written atomically, read strictly.
 
-A checkpoint holds only tensors and plain containers (model, optimizer, lr_scheduler, scaler,
-epoch, student name, config as a YAML string), so it loads with ``weights_only=True``.
+A checkpoint holds only tensors and plain containers, so it loads with ``weights_only=True``:
+model, optimizer, lr_scheduler, scaler, epoch, num_updates, student (canonical name), kind,
+config (YAML text), world_size and provenance (``{"teacher": the store manifest's teacher
+record, or None for a public EfficientSAM3 store, "store": {"path", "spec"}}``); checkpoints
+written before world_size and provenance existed lack them.
 """
 
 from __future__ import annotations
@@ -57,13 +60,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise TrainCheckpointError(
-            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}). It was not "
-            "written by this code's atomic save: move it out of the run folder (or delete it) "
-            "and start again, or point OUTPUT at another folder"
+            f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); this code's "
+            "atomic save never leaves one — move it out of the run folder (or delete it) and "
+            "run again, or point OUTPUT at another folder"
         ) from err
     missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
     if missing:
-        raise TrainCheckpointError(f"{path} lacks {missing}: not a Stage-1 training checkpoint")
+        raise TrainCheckpointError(
+            f"{path} lacks {missing}, so it is not a Stage-1 training checkpoint — move it out "
+            "of the run folder, or point OUTPUT at another folder"
+        )
     return state
 
 

@@ -2,7 +2,9 @@
 
 A student regresses the teacher outputs stored in phase 1. Each epoch reseeds every random
 source from ``(SEED, rank, epoch)`` and the sampler from the epoch, so a run resumed from
-``ckpt_epoch_N.pth`` retraces the same steps as an uninterrupted one.
+``ckpt_epoch_N.pth`` retraces the same steps as an uninterrupted one. What a run checks before
+it starts is in :mod:`stage1.train_checks`; what a resumed run may change, in
+:mod:`stage1.resume`.
 """
 
 from __future__ import annotations
@@ -17,33 +19,24 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 from yacs.config import CfgNode
 
-from sam3.backbones import build_student, student_kind
+from sam3.backbones import build_student
 
 from . import distributed as dist
-from .checkpointing import TrainCheckpointError, latest_checkpoint, save_checkpoint
+from .checkpointing import TrainCheckpointError, save_checkpoint
 from .config import dump_json
-from .data.distill import ImageDistillDataset, TextDistillDataset
-from .data.recap_datacomp import iter_captions
-from .data.sa1b import list_sa1b
-from .data.sharding import key_hash
-from .data.transforms import preprocessing_record
-from .embedding_store import EmbeddingStore, StoreSpec
-from .export import image_transform
-from .logger import setup_logging
+from .errors import UserError
+from .logger import setup_console, setup_logging
 from .losses import distill_loss
-from .optim import (
-    build_optimizer,
-    build_scheduler,
-    cpu_has_native_bf16,
-    effective_lr,
-    resolve_precision,
-)
+from .optim import build_optimizer, build_scheduler, cpu_has_native_bf16
+from .resume import clear_previous_run
+from .train_checks import check_run, student_name
+from .train_data import expected_spec
+
+__all__ = ["TrainResult", "Trainer", "build_model", "expected_spec", "run_training"]
 
 log = logging.getLogger("stage1.train")
 
@@ -59,6 +52,10 @@ class TrainResult:
     checkpoints: list[str] = field(default_factory=list)
 
 
+class TrainingDivergedError(UserError, FloatingPointError):
+    """The loss stopped being finite."""
+
+
 class TokenStudent(nn.Module):
     """Tensor-in wrapper so DDP sees the text student's token path as ``forward``."""
 
@@ -71,93 +68,9 @@ class TokenStudent(nn.Module):
         return self.student.encode_tokens(tokens)
 
 
-def expected_spec(cfg: CfgNode, kind: str) -> StoreSpec:
-    """The store this config trains on: shape, encoding and preprocessing / context length."""
-    if kind == "vision":
-        d, s = cfg.DISTILL.EMBED_DIM, cfg.DISTILL.EMBED_SIZE
-        meta = {"preprocessing": preprocessing_record(image_transform(cfg))}
-        return StoreSpec((d, s, s), cfg.DISTILL.STORE_DTYPE, meta=meta)
-    shape = (cfg.DISTILL.CONTEXT_LENGTH, cfg.DISTILL.TEXT_DIM)
-    meta = {"context_length": cfg.DISTILL.CONTEXT_LENGTH}
-    return StoreSpec(shape, cfg.DISTILL.STORE_DTYPE, meta=meta)
-
-
-def _image_datasets(cfg: CfgNode, store: EmbeddingStore):
-    transform = image_transform(cfg)
-    out = []
-    for split in (cfg.DATA.TRAIN_SPLIT, cfg.DATA.VAL_SPLIT):
-        if not split:
-            out.append(None)
-            continue
-        items = list_sa1b(cfg.DATA.DATA_PATH, (split,), cfg.DATA.NUM_SAMPLES)
-        kept = [it for it in items if it.key in store]
-        if len(kept) < len(items):
-            log.warning(
-                "%s: %d of %d images have no teacher embedding (skipped at export, or the store "
-                "is from a subset); training on the other %d",
-                split,
-                len(items) - len(kept),
-                len(items),
-                len(kept),
-            )
-        if not kept:
-            raise ValueError(
-                f"no image of split {split!r} under {cfg.DATA.DATA_PATH} has an embedding in "
-                f"{store.root}: run phase 1 on this dataset or fix DISTILL.TEACHER_EMBED_PATH"
-            )
-        out.append(ImageDistillDataset(kept, store, transform))
-    return out
-
-
-def _text_datasets(cfg: CfgNode, store: EmbeddingStore):
-    pairs = list(
-        iter_captions(
-            cfg.DATA.DATA_PATH,
-            caption_column=cfg.DATA.CAPTION_COLUMN,
-            key_column=cfg.DATA.KEY_COLUMN or None,
-            batch_rows=cfg.DATA.PARQUET_BATCH_ROWS,
-            key_filter=store.__contains__,
-        )
-    )
-    cut = int(cfg.DATA.VAL_FRACTION * 10_000)
-    val = [p for p in pairs if key_hash(p[0]) % 10_000 < cut]
-    train = [p for p in pairs if key_hash(p[0]) % 10_000 >= cut]
-    if not train:
-        raise ValueError(f"no caption under {cfg.DATA.DATA_PATH} has an embedding in {store.root}")
-    ctx = cfg.DISTILL.CONTEXT_LENGTH
-    return TextDistillDataset(train, store, ctx), (
-        TextDistillDataset(val, store, ctx) if val else None
-    )
-
-
-def _loader(ds, cfg, info, device, train: bool) -> DataLoader:
-    sampler = DistributedSampler(
-        ds,
-        num_replicas=info.world_size,
-        rank=info.rank,
-        shuffle=train,
-        seed=cfg.SEED,
-        drop_last=train,
-    )
-    return DataLoader(
-        ds,
-        batch_size=cfg.DATA.BATCH_SIZE,
-        sampler=sampler,
-        num_workers=cfg.DATA.NUM_WORKERS,
-        pin_memory=cfg.DATA.PIN_MEMORY and device.type == "cuda",
-        drop_last=train,
-        persistent_workers=cfg.DATA.NUM_WORKERS > 0,
-    )
-
-
 def build_model(cfg: CfgNode, kind: str) -> nn.Module:
     """The student the config names (vision or text), on the CPU."""
-    name = cfg.MODEL.BACKBONE
-    if student_kind(name) != kind:
-        raise ValueError(
-            f"MODEL.BACKBONE {name!r} is a {student_kind(name)} student; this entry point trains "
-            f"{kind} students"
-        )
+    name = student_name(cfg, kind)
     if kind == "vision":
         return build_student(
             name,
@@ -176,30 +89,56 @@ def build_model(cfg: CfgNode, kind: str) -> nn.Module:
 
 
 class Trainer:
-    """One training run; ``fit()`` runs the remaining epochs."""
+    """One training run; ``fit()`` runs the remaining epochs.
+
+    Construction checks everything cheap first (output folder, data, store, student name,
+    schedule, the checkpoints already in OUTPUT) and creates nothing until they pass; then it
+    prepares the run folder, and only then builds the student and loads a checkpoint.
+    """
 
     def __init__(self, cfg: CfgNode, kind: str):
         self.cfg, self.kind = cfg, kind
         self.device = dist.resolve_device(cfg.DEVICE, dist.world_info_from_env().local_rank)
         self.info = dist.init_distributed(self.device)
         self.out = Path(cfg.OUTPUT)
-        setup_logging(self.out, self.info.rank)
+        setup_console(self.info.rank)  # the log file waits until the checks pass
+        inputs = check_run(cfg, kind, self.info, self.device)
+        self.name, self.precision = inputs.name, inputs.precision
+        self.store, self.provenance = inputs.store, inputs.provenance
+        self.train_ds, self.val_ds = inputs.train_ds, inputs.val_ds
+        self.train_loader, self.val_loader = inputs.train_loader, inputs.val_loader
+        self.updates_per_epoch, self.lrs = inputs.updates_per_epoch, inputs.lrs
+        self.start_epoch, resume = inputs.start_epoch, inputs.resume
+        # the checks passed: from here on the run folder is written
+        dist.barrier()  # every rank has seen the folder as it was
+        cleared = ""
+        if inputs.clear and self.info.is_main:
+            cleared = clear_previous_run(self.out, inputs.clear)
+        dist.barrier()
+        setup_logging(self.out, self.info.rank)  # writes what was logged so far into the file
         if self.info.is_main:
             dump_json(cfg, self.out / "config.json")
+        if cleared:
+            log.info(cleared)
+        self.student = None
+        if self.start_epoch >= cfg.TRAIN.EPOCHS:
+            log.info(
+                "%s: the run is already complete (%d of TRAIN.EPOCHS %d done), nothing to train "
+                "— raise TRAIN.EPOCHS to train longer",
+                resume[0],
+                self.start_epoch,
+                cfg.TRAIN.EPOCHS,
+            )
+            return
+        self._build(resume)
+
+    def _build(self, resume: tuple[Path, dict] | None) -> None:
+        """The student, its DDP wrapper, optimizer, schedule and scaler; the checkpoint's state
+        when resuming."""
+        cfg = self.cfg
         torch.manual_seed(cfg.SEED)  # identical initial weights on every rank
-        self.store = EmbeddingStore(cfg.DISTILL.TEACHER_EMBED_PATH, expected_spec(cfg, kind))
-        log.info(
-            "teacher store %s: %d records of %s",
-            self.store.root,
-            len(self.store),
-            self.store.spec.shape,
-        )
-        if kind == "vision":
-            self.train_ds, self.val_ds = _image_datasets(cfg, self.store)
-        else:
-            self.train_ds, self.val_ds = _text_datasets(cfg, self.store)
-        self.student = build_model(cfg, kind).to(self.device)
-        core = self.student if kind == "vision" else TokenStudent(self.student)
+        self.student = build_model(cfg, self.kind).to(self.device)
+        core = self.student if self.kind == "vision" else TokenStudent(self.student)
         self.model: nn.Module = core
         if self.info.world_size > 1:
             self.model = DistributedDataParallel(
@@ -207,7 +146,6 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False,  # every student parameter gets a gradient
             )
-        self.precision = resolve_precision(cfg.TRAIN.AMP, self.device)
         cpu_bf16 = self.precision.dtype == torch.bfloat16 and self.device.type == "cpu"
         if cpu_bf16 and not cpu_has_native_bf16():
             log.warning(
@@ -215,27 +153,12 @@ class Trainer:
                 "runs several times slower than fp32 (10x measured on AVX2); consider "
                 "TRAIN.AMP off"
             )
-        self.train_loader = _loader(self.train_ds, cfg, self.info, self.device, train=True)
-        self.val_loader = (
-            _loader(self.val_ds, cfg, self.info, self.device, train=False) if self.val_ds else None
-        )
-        steps = len(self.train_loader)
-        if cfg.TRAIN.MAX_STEPS_PER_EPOCH:
-            steps = min(steps, cfg.TRAIN.MAX_STEPS_PER_EPOCH)
-        self.updates_per_epoch = steps // cfg.TRAIN.ACCUMULATION_STEPS
-        if self.updates_per_epoch == 0:
-            raise ValueError(
-                f"{len(self.train_ds)} training samples give no optimizer step with DATA.BATCH_SIZE"
-                f" {cfg.DATA.BATCH_SIZE} x {self.info.world_size} process(es) x "
-                f"TRAIN.ACCUMULATION_STEPS {cfg.TRAIN.ACCUMULATION_STEPS}: lower them"
-            )
-        self.lr = effective_lr(cfg, self.info.world_size)
-        self.optimizer = build_optimizer(self.student, cfg, self.lr)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch)
+        self.optimizer = build_optimizer(self.student, cfg, self.lrs.peak)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.updates_per_epoch, self.lrs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision.scaler)
-        self.start_epoch, self.num_updates = 0, 0
-        if cfg.TRAIN.AUTO_RESUME:
-            self._resume()
+        self.num_updates = 0
+        if resume is not None:
+            self._resume(*resume)
         self.tb = (
             SummaryWriter(self.out / "tensorboard", purge_step=self.num_updates or None)
             if self.info.is_main
@@ -243,26 +166,22 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ checkpoints
-    def _resume(self) -> None:
-        found = latest_checkpoint(self.out)
-        if found is None:
-            return
-        path, state = found
-        if state["student"] != self.cfg.MODEL.BACKBONE:
-            raise TrainCheckpointError(
-                f"{path} holds a {state['student']} student but MODEL.BACKBONE is "
-                f"{self.cfg.MODEL.BACKBONE}: each student needs its own OUTPUT folder"
-            )
+    def _resume(self, path: Path, state: dict) -> None:
+        """Load a checkpoint :func:`check_resume` accepted. The schedule is not restored: it
+        is rebuilt from this config and set to the update count, so a longer ``TRAIN.EPOCHS``
+        takes effect."""
         try:
             self.student.load_state_dict(state["model"], strict=True)
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as err:
-            raise TrainCheckpointError(f"{path} does not fit this run: {err}") from err
-        self.scheduler.load_state_dict(state["lr_scheduler"])
+            raise TrainCheckpointError(
+                f"{path} does not fit this run ({err}) — choose another OUTPUT, or start afresh "
+                "with TRAIN.AUTO_RESUME False and TRAIN.FRESH_START move"
+            ) from err
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch = int(state["epoch"]) + 1
         self.num_updates = int(state.get("num_updates", self.start_epoch * self.updates_per_epoch))
+        self.scheduler.step_update(self.num_updates)
         log.info("resumed from %s: continuing at epoch %d", path, self.start_epoch)
 
     def _save(self, epoch: int) -> str:
@@ -275,9 +194,11 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "epoch": epoch,
                 "num_updates": self.num_updates,
-                "student": self.cfg.MODEL.BACKBONE,
+                "student": self.name,
                 "kind": self.kind,
                 "config": self.cfg.dump(),
+                "world_size": self.info.world_size,
+                "provenance": self.provenance,
             }
             path = str(save_checkpoint(self.out, epoch, state))
             log.info("saved %s", path)
@@ -332,9 +253,11 @@ class Trainer:
             with sync:
                 parts = self._loss(*self._forward(batch))
                 if not torch.isfinite(parts.total):
-                    raise FloatingPointError(
-                        f"loss is {parts.total.item()} at epoch {epoch} step {i}: lower "
-                        "TRAIN.BASE_LR, or try TRAIN.AMP off"
+                    raise TrainingDivergedError(
+                        f"loss is {parts.total.item()} at epoch {epoch} step {i} — lower "
+                        "TRAIN.BASE_LR (or set TRAIN.AMP off) and start afresh: TRAIN.AUTO_RESUME "
+                        "False with TRAIN.FRESH_START move, or another OUTPUT; if it persists, "
+                        f"check the store ({self._verify_command()})"
                     )
                 self.scaler.scale(parts.total / accum).backward()
             total += parts.total.item()
@@ -359,6 +282,11 @@ class Trainer:
         mean = dist.all_reduce_sum([total, count])
         return mean[0] / max(mean[1], 1)
 
+    def _verify_command(self) -> str:
+        shape = ",".join(map(str, self.store.spec.shape))
+        legacy = f" --legacy-shape {shape}" if self.store.legacy else ""
+        return f"python -m stage1.embedding_store verify {self.store.root}{legacy}"
+
     def _scalars(self, tag: str, parts, grad_norm: float, rate: float) -> None:
         n = self.num_updates
         self.tb.add_scalar(f"{tag}/loss", parts.total.item(), n)
@@ -369,51 +297,61 @@ class Trainer:
         self.tb.add_scalar(f"{tag}/samples_per_s", rate, n)
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
+    def validate(self, epoch: int) -> tuple[float, float]:
         """Mean loss and mean cosine to the teacher over the validation set (all ranks)."""
         self.model.eval()
         sums = [0.0, 0.0, 0.0]
-        for batch in self.val_loader:
+        bar = tqdm(
+            self.val_loader,
+            disable=not self.info.is_main,
+            dynamic_ncols=True,
+            desc=f"validation epoch {epoch}",
+        )
+        for batch in bar:
             parts = self._loss(*self._forward(batch))
             n = len(batch["teacher"])
             sums[0] += parts.total.item() * n
             sums[1] += parts.mean_cos.item() * n
             sums[2] += n
+        bar.close()
         loss, cos, n = dist.all_reduce_sum(sums)
         return loss / max(n, 1), cos / max(n, 1)
 
     def fit(self) -> TrainResult:
         """Train from the start (or resumed) epoch to the end; checkpoint per ``SAVE_FREQ``."""
         cfg, result = self.cfg, TrainResult()
+        if self.student is None:  # already complete
+            return result
         log.info(
-            "training %s (%s) on %s x%d: %d samples, %d updates/epoch, lr %.3g, precision %s",
-            cfg.MODEL.BACKBONE,
+            "training %s (%s) on %s x%d: %d samples, %d updates/epoch, lr %.3g (warm-up from "
+            "%.3g, cosine to %.3g), precision %s",
+            self.name,
             self.kind,
             self.device,
             self.info.world_size,
             len(self.train_ds),
             self.updates_per_epoch,
-            self.lr,
+            self.lrs.peak,
+            self.lrs.warmup,
+            self.lrs.min,
             cfg.TRAIN.AMP,
         )
-        console = logging_redirect_tqdm([log]) if self.info.is_main else contextlib.nullcontext()
-        with console:
-            for epoch in range(self.start_epoch, cfg.TRAIN.EPOCHS):
-                loss = self.train_epoch(epoch)
-                result.train_loss.append(loss)
-                msg = f"epoch {epoch}: train loss {loss:.5f}"
-                if self.val_loader is not None:
-                    val_loss, val_cos = self.validate()
-                    result.val_loss.append(val_loss)
-                    result.val_cos.append(val_cos)
-                    msg += f", val loss {val_loss:.5f}, val cosine {val_cos:.4f}"
-                    if self.tb:
-                        self.tb.add_scalar("val/loss", val_loss, self.num_updates)
-                        self.tb.add_scalar("val/mean_cos", val_cos, self.num_updates)
-                log.info(msg)
-                if (epoch + 1) % cfg.TRAIN.SAVE_FREQ == 0 or epoch == cfg.TRAIN.EPOCHS - 1:
-                    result.checkpoints.append(self._save(epoch))
-                result.epochs_run += 1
+        for epoch in range(self.start_epoch, cfg.TRAIN.EPOCHS):
+            loss = self.train_epoch(epoch)
+            result.train_loss.append(loss)
+            msg = f"epoch {epoch}: train loss {loss:.5f}"
+            if self.val_loader is not None:
+                val_loss, val_cos = self.validate(epoch)
+                result.val_loss.append(val_loss)
+                result.val_cos.append(val_cos)
+                msg += f", val loss {val_loss:.5f}, val cosine {val_cos:.4f}"
+                if self.tb:
+                    self.tb.add_scalar("val/loss", val_loss, self.num_updates)
+                    self.tb.add_scalar("val/mean_cos", val_cos, self.num_updates)
+            log.info(msg)
+            if (epoch + 1) % cfg.TRAIN.SAVE_FREQ == 0 or epoch == cfg.TRAIN.EPOCHS - 1:
+                result.checkpoints.append(self._save(epoch))
+            result.epochs_run += 1
         if self.tb:
             self.tb.close()
         return result

@@ -10,6 +10,8 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from yacs.config import CfgNode
 
+from .config import ConfigError
+
 _BLOCK = re.compile(r"^(.*?\.\d+)\.")  # a parameter's first indexed container, e.g. "stages.2"
 
 
@@ -55,12 +57,45 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> l
     return list(groups.values())
 
 
-def effective_lr(cfg: CfgNode, world_size: int) -> float:
-    """``BASE_LR`` scaled linearly by the total batch over ``TRAIN.LR_SCALE_BATCH``."""
-    if cfg.TRAIN.LR_SCALE_BATCH <= 0:
-        return cfg.TRAIN.BASE_LR
-    total = cfg.DATA.BATCH_SIZE * world_size * cfg.TRAIN.ACCUMULATION_STEPS
-    return cfg.TRAIN.BASE_LR * total / cfg.TRAIN.LR_SCALE_BATCH
+@dataclass(frozen=True)
+class LearningRates:
+    """The schedule's rates after batch scaling: ``peak`` (reached after warm-up), ``warmup``
+    (the first step's), ``min`` (the end of the cosine), and the ``factor`` applied to each."""
+
+    peak: float
+    warmup: float
+    min: float
+    factor: float = 1.0
+
+
+def effective_lr(cfg: CfgNode, world_size: int) -> LearningRates:
+    """``TRAIN.BASE_LR``, ``WARMUP_LR`` and ``MIN_LR``, each multiplied by the total batch
+    (``BATCH_SIZE x world_size x ACCUMULATION_STEPS``) over ``TRAIN.LR_SCALE_BATCH``, as
+    Swin/TinyViT and the public EfficientSAM3 scale them; ``LR_SCALE_BATCH`` 0: unscaled."""
+    t = cfg.TRAIN
+    factor = 1.0
+    if t.LR_SCALE_BATCH > 0:
+        factor = cfg.DATA.BATCH_SIZE * world_size * t.ACCUMULATION_STEPS / t.LR_SCALE_BATCH
+    return LearningRates(t.BASE_LR * factor, t.WARMUP_LR * factor, t.MIN_LR * factor, factor)
+
+
+def schedule_warnings(lrs: LearningRates, warmup_epochs: int) -> list[str]:
+    """What is odd about a schedule: one that does not decay (minimum at or above the peak),
+    or a warm-up that starts above the peak."""
+    found = []
+    if lrs.min >= lrs.peak:
+        found.append(
+            f"the learning rate does not decay: TRAIN.MIN_LR gives {lrs.min:.3g}, at or above "
+            f"the peak {lrs.peak:.3g} from TRAIN.BASE_LR (both x{lrs.factor:.3g} for the batch) "
+            "— set TRAIN.MIN_LR below TRAIN.BASE_LR for a cosine decay"
+        )
+    if warmup_epochs > 0 and lrs.warmup > lrs.peak:
+        found.append(
+            f"the warm-up starts above its peak: TRAIN.WARMUP_LR gives {lrs.warmup:.3g}, "
+            f"TRAIN.BASE_LR {lrs.peak:.3g} (both x{lrs.factor:.3g} for the batch) — set "
+            "TRAIN.WARMUP_LR below TRAIN.BASE_LR"
+        )
+    return found
 
 
 def build_optimizer(model: nn.Module, cfg: CfgNode, lr: float) -> torch.optim.Optimizer:
@@ -71,15 +106,18 @@ def build_optimizer(model: nn.Module, cfg: CfgNode, lr: float) -> torch.optim.Op
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: CfgNode, updates_per_epoch: int
+    optimizer: torch.optim.Optimizer, cfg: CfgNode, updates_per_epoch: int, lrs: LearningRates
 ) -> CosineLRScheduler:
-    """Per-update linear warm-up then cosine decay (timm), stepped with ``step_update(n)``."""
+    """Per-update linear warm-up from ``lrs.warmup`` to the optimizer's rate, then cosine decay
+    to ``lrs.min`` over ``TRAIN.EPOCHS`` (timm). It is a function of the update count alone:
+    ``step_update(n)`` sets update ``n``'s rate, so a resumed run needs no scheduler state and
+    a longer ``TRAIN.EPOCHS`` stretches the cosine from where the run is."""
     return CosineLRScheduler(
         optimizer,
         t_initial=max(1, cfg.TRAIN.EPOCHS * updates_per_epoch),
-        lr_min=cfg.TRAIN.MIN_LR,
+        lr_min=lrs.min,
         warmup_t=cfg.TRAIN.WARMUP_EPOCHS * updates_per_epoch,
-        warmup_lr_init=cfg.TRAIN.WARMUP_LR,
+        warmup_lr_init=lrs.warmup,
         t_in_epochs=False,
     )
 
@@ -110,7 +148,10 @@ def resolve_precision(setting: str, device: torch.device) -> Precision:
     if setting == "auto":
         setting = "fp16" if device.type == "cuda" else "bf16"
     if setting == "fp16" and device.type != "cuda":
-        raise ValueError("TRAIN.AMP fp16 needs CUDA; use bf16 or auto on this device")
+        raise ConfigError(
+            f"TRAIN.AMP fp16 needs CUDA, but this run is on {device} — set TRAIN.AMP auto, bf16 "
+            "or off"
+        )
     return {
         "off": Precision(False, torch.float32, False),
         "bf16": Precision(True, torch.bfloat16, False),

@@ -10,7 +10,15 @@ from torch import nn
 
 from stage1.config import load_config
 from stage1.losses import distill_loss
-from stage1.optim import build_optimizer, build_scheduler, layer_ids, param_groups
+from stage1.optim import (
+    LearningRates,
+    build_optimizer,
+    build_scheduler,
+    effective_lr,
+    layer_ids,
+    param_groups,
+    schedule_warnings,
+)
 
 
 def test_loss_ignores_invalid_cells_and_matches_hand_computation():
@@ -72,7 +80,8 @@ def test_warmup_then_cosine_per_update():
     )
     model = Toy()
     opt = build_optimizer(model, cfg, lr=1e-3)
-    sched = build_scheduler(opt, cfg, updates_per_epoch=5)
+    lrs = LearningRates(1e-3, cfg.TRAIN.WARMUP_LR, cfg.TRAIN.MIN_LR)
+    sched = build_scheduler(opt, cfg, updates_per_epoch=5, lrs=lrs)
     head = next(g for g in opt.param_groups if g["lr_scale"] == 1.0 and g["weight_decay"] > 0)
     stem = min(opt.param_groups, key=lambda g: g["lr_scale"])
     sched.step_update(0)
@@ -85,3 +94,35 @@ def test_warmup_then_cosine_per_update():
     assert stem["lr"] == pytest.approx(cosine * stem["lr_scale"], rel=1e-6)  # decay applied once
     sched.step_update(50)
     assert head["lr"] == pytest.approx(cfg.TRAIN.MIN_LR, rel=1e-3)
+
+
+def test_batch_scaling_scales_peak_warmup_and_minimum_alike():
+    """Swin/TinyViT and the public EfficientSAM3 scale all three rates by total batch / 512."""
+    cfg = load_config("stage1/configs/es_ev_s.yaml", ["DATA.BATCH_SIZE", "4"])  # spec's example
+    lrs = effective_lr(cfg, world_size=1)
+    assert lrs.factor == pytest.approx(4 / 512)
+    assert lrs.peak == pytest.approx(1e-3 * 4 / 512)
+    assert lrs.warmup == pytest.approx(1e-6 * 4 / 512)
+    assert lrs.min == pytest.approx(1e-5 * 4 / 512)
+    assert schedule_warnings(lrs, cfg.TRAIN.WARMUP_EPOCHS) == []
+    two = effective_lr(cfg, world_size=2)  # two processes: twice the total batch
+    assert two.peak == pytest.approx(2 * lrs.peak) and two.min == pytest.approx(2 * lrs.min)
+    opt = build_optimizer(Toy(), cfg, lr=lrs.peak)
+    sched = build_scheduler(opt, cfg, updates_per_epoch=2, lrs=lrs)
+    sched.step_update(0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-6 * 4 / 512)
+    sched.step_update(cfg.TRAIN.WARMUP_EPOCHS * 2)  # the end of warm-up
+    after_warmup = opt.param_groups[0]["lr"]
+    sched.step_update(cfg.TRAIN.EPOCHS * 2)
+    end = opt.param_groups[0]["lr"]
+    assert end == pytest.approx(1e-5 * 4 / 512) and end < after_warmup  # it decays
+    off = effective_lr(load_config("stage1/configs/es_ev_s.yaml", ["TRAIN.LR_SCALE_BATCH", "0"]), 8)
+    assert (off.peak, off.warmup, off.min, off.factor) == (1e-3, 1e-6, 1e-5, 1.0)
+
+
+def test_a_schedule_that_would_not_decay_warns():
+    flat = schedule_warnings(LearningRates(1e-3, 1e-6, 2e-3), warmup_epochs=5)
+    assert len(flat) == 1 and "TRAIN.MIN_LR" in flat[0] and "does not decay" in flat[0]
+    high = schedule_warnings(LearningRates(1e-3, 5e-3, 1e-5), warmup_epochs=5)
+    assert len(high) == 1 and "TRAIN.WARMUP_LR" in high[0]
+    assert schedule_warnings(LearningRates(1e-3, 5e-3, 1e-5), warmup_epochs=0) == []

@@ -128,10 +128,8 @@ def test_image_student_loss_falls_and_checkpoints_appear(image_store, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     state = torch.load(out / "ckpt_epoch_11.pth", weights_only=True)
     assert state["student"] == "efficientvit_b0" and state["epoch"] == 11
-    again = _entry("train_image_encoder_stage1")(
-        _image_args(image_store, out, "TRAIN.EPOCHS", "12")
-    )
-    assert again.epochs_run == 0  # finished runs resume to nothing
+    again = _entry("train_image_encoder_stage1")(_image_args(image_store, out, *fixed))
+    assert again.epochs_run == 0  # a finished run resumes to nothing
 
 
 def test_text_student_trains(text_store, tmp_path):
@@ -264,6 +262,7 @@ def test_store_of_the_wrong_shape_is_refused(image_store, tmp_path):
         _entry("train_image_encoder_stage1")(
             _image_args(image_store, tmp_path / "o", "DISTILL.EMBED_DIM", "1024")
         )
+    assert not (tmp_path / "o").exists()  # checked before the run folder is made
 
 
 def test_unknown_student_lists_the_known_ones(image_store, tmp_path):
