@@ -3,7 +3,7 @@
     python stage1/convert_both_encoders_weights_stage1.py --image-student-ckpt CKPT
         --text-student-ckpt CKPT [--sam3-ckpt sam3_checkpoints/sam3.pt] [--output OUT.pth]
         [--image-model-name NAME] [--text-model-name NAME] [--replace-prefix PREFIX ...]
-        [--safetensors]
+        [--safetensors] [--overwrite] [--allow-random-teacher]
 
 The default output is output/efficient_sam3_{image}_{text}.pth. See stage1/merge.py.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1.merge import MergeSummary, main_both, run_cli  # noqa: E402
+from stage1.cli import run_cli  # noqa: E402
+from stage1.merge import MergeSummary, main_both  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> MergeSummary:

@@ -2,7 +2,7 @@
 
     python stage1/convert_text_encoder_weights_stage1.py --student-ckpt CKPT
         [--sam3-ckpt sam3_checkpoints/sam3.pt] [--output OUT.pth] [--model-name NAME]
-        [--replace-prefix PREFIX ...] [--safetensors]
+        [--replace-prefix PREFIX ...] [--safetensors] [--overwrite] [--allow-random-teacher]
 
 See stage1/merge.py for what is written and checked.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1.merge import MergeSummary, main_single, run_cli  # noqa: E402
+from stage1.cli import run_cli  # noqa: E402
+from stage1.merge import MergeSummary, main_single  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> MergeSummary:

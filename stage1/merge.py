@@ -5,12 +5,14 @@ student under ``detector.backbone.language_backbone.``; the teacher keys they re
 everything under ``...vision_backbone.trunk.`` / ``...language_backbone.``) are removed and every
 other key of the SAM3 checkpoint is carried over untouched (the same tensors, byte for byte).
 Optimizer state is never carried. ``meta`` records the students, their geometry, the context
-length and the preprocessing they were distilled with; merging into an already merged file keeps
-the record of the student that is not replaced.
+length, the preprocessing they were distilled with and their provenance (teacher and store);
+merging into an already merged file keeps the records of the student that is not replaced.
 
-Before anything is written, each student checkpoint is loaded strictly into a freshly built
-student of the named architecture. The output is written to a temporary file and renamed, so a
-failure never leaves a partial file behind.
+Before anything is written: the output location, the SAM3 checkpoint's parts, each student's
+name and provenance (a random teacher is refused unless allowed), each student's output shape
+against what the checkpoint's neck or heads take (:mod:`stage1.merge_checks`), and a strict load
+of each student into a freshly built student of its architecture. The output is written to a
+temporary file and renamed, so a failure never leaves a partial file behind.
 """
 
 from __future__ import annotations
@@ -18,36 +20,36 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
-import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
 from torch import Tensor
 
-from sam3.backbones import build_student, get_student, resolve_student
-from sam3.backbones.weights import state_problems
 from sam3.checkpoint import CheckpointError, read_checkpoint
-from sam3.model_builder import (
-    BACKBONE_PREFIX,
-    MERGED_FORMAT,
-    TEXT_PREFIX,
-    VISION_STUDENT_PREFIX,
-    VISION_TRUNK_PREFIX,
-)
+from sam3.model_builder import BACKBONE_PREFIX, MERGED_FORMAT
 
-from .errors import UserError
+from .embedding_store import format_bytes
+from .merge_checks import KINDS, REPLACE_PREFIX, TARGET_PREFIX, MergeError, check_fits, check_parts
+from .merge_io import check_output, save_merged
+from .merge_provenance import check_teachers, compare_teachers, describe_teacher, is_random
+from .merge_students import StudentWeights, check_architecture, load_student, read_student
+
+__all__ = [
+    "KINDS",
+    "MergeError",
+    "MergeSummary",
+    "StudentWeights",
+    "build_meta",
+    "load_student",
+    "merge_state",
+    "run_merge",
+]
 
 log = logging.getLogger("stage1.merge")
 
-KINDS = {"image": "vision", "text": "text"}  # converter kind -> registry kind
-TARGET_PREFIX = {"image": VISION_STUDENT_PREFIX, "text": TEXT_PREFIX}  # where students go
-REPLACE_PREFIX = {"image": VISION_TRUNK_PREFIX, "text": TEXT_PREFIX}  # teacher keys removed
 MERGED_VERSION = 1  # meta["version"]; bumped when the layout changes
 # what SAM3's own encoders use, recorded for the side a merge leaves to the teacher
 SAM3_PREPROCESSING = {
@@ -59,38 +61,30 @@ SAM3_PREPROCESSING = {
 SAM3_CONTEXT_LENGTH = 32
 
 
-class MergeError(UserError, ValueError):
-    """Inputs that cannot be merged (wrong student, a checkpoint without the teacher part...)."""
-
-
-@dataclass
-class StudentWeights:
-    """A student checkpoint, checked against its architecture."""
-
-    kind: str  # "image" or "text"
-    name: str  # canonical student name
-    state: dict[str, Tensor]  # the student's state dict, as stored in the checkpoint
-    record: dict[str, Any]  # what meta records about it
-
-
 @dataclass
 class MergeSummary:
     """What a merge did."""
 
     output: Path
-    replaced: int = 0  # teacher keys removed
+    replaced: int = 0  # keys removed: the replaced parts (teacher or earlier student) + prefixes
     added: int = 0  # student keys added
     kept: int = 0  # SAM3 keys carried over unchanged
     meta: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """Human-readable summary."""
-        return [
+        provenance = self.meta.get("provenance") or {}
+        teachers = ", ".join(f"{k}: {describe_teacher(p)}" for k, p in sorted(provenance.items()))
+        lines = [
             f"wrote {self.output}",
-            f"  replaced {self.replaced} teacher keys, added {self.added} student keys, "
-            f"kept {self.kept} SAM3 keys unchanged",
+            f"  removed {self.replaced} keys of the replaced parts, added {self.added} student "
+            f"keys, kept {self.kept} SAM3 keys unchanged",
             f"  students: {json.dumps(self.meta.get('students', {}), sort_keys=True)}",
+            f"  teachers: {teachers or 'none recorded'}",
         ]
+        for kind in self.meta.get("random_teacher") or []:
+            lines.append(f"  !!! {kind} student learned from a RANDOM teacher (smoke tests only)")
+        return lines
 
 
 def file_name(name: str) -> str:
@@ -98,130 +92,20 @@ def file_name(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(".", "_")
 
 
-def _read_student_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"student checkpoint {path} does not exist; phase 2 writes "
-            "OUTPUT/ckpt_epoch_{N}.pth (e.g. output/stage1/es_ev_s/ckpt_epoch_49.pth)"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise MergeError(
-            f"{path} could not be read with torch.load(weights_only=True): {err}"
-        ) from err
-    if not isinstance(obj, dict):
-        raise MergeError(f"{path} holds a {type(obj).__name__}, not a checkpoint")
-    return obj
-
-
-def _student_settings(obj: dict[str, Any]) -> dict[str, Any]:
-    """The config the student was trained with (phase-2 checkpoints); ``{}`` otherwise."""
-    text = obj.get("config")
-    if not isinstance(text, str):
-        return {}
-    cfg = yaml.safe_load(text) or {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def load_student(path: str | Path, kind: str, model_name: str | None = None) -> StudentWeights:
-    """Read a student checkpoint and prove it is the named student of ``kind``.
-
-    Accepted: a phase-2 checkpoint (``ckpt_epoch_N.pth``: the student's name and config come
-    from it), or ``{"model": state dict}`` / a bare state dict when ``model_name`` names the
-    student (default geometry: 1008 px, 1024 x 72 x 72; context 32). A ``module.`` prefix (DDP) is
-    removed. ``model_name``, when given with a phase-2 checkpoint, must agree with it.
-
-    Raises:
-        MergeError: the file is of another kind or architecture, or names no student.
-    """
-    path = Path(path)
-    obj = _read_student_file(path)
-    state = obj.get("model", obj)
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise MergeError(f"{path} holds no state dict (expected a phase-2 ckpt_epoch_N.pth)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    stored = obj.get("student") if isinstance(obj.get("student"), str) else None
-    if stored is None and not model_name:
-        raise MergeError(
-            f"{path} does not say which student it holds (not a phase-2 checkpoint); name it "
-            "with --model-name / --image-model-name / --text-model-name"
-        )
-    name = resolve_student(stored or model_name)
-    if model_name and stored and resolve_student(model_name) != name:
-        raise MergeError(
-            f"{path} holds a {name} student but the model name given is {model_name!r} "
-            f"({resolve_student(model_name)}); drop the name or pass the matching checkpoint"
-        )
-    info = get_student(name)
-    if info.kind != KINDS[kind]:
-        other = "text" if kind == "image" else "image"
-        raise MergeError(
-            f"{path} holds {name}, a {info.kind} student; the {kind} converter merges "
-            f"{KINDS[kind]} students (use convert_{other}_encoder_weights_stage1.py)"
-        )
-    cfg = _student_settings(obj)
-    if not cfg:
-        log.warning(
-            "%s holds no training config: assuming SAM3's geometry (1008 px, 1024 x 72 x 72, "
-            "context 32, pad/0.5/0.5) for %s; meta records it as assumed",
-            path,
-            name,
-        )
-    data, distill = cfg.get("DATA", {}), cfg.get("DISTILL", {})
-    if kind == "image":
-        geometry = {
-            "embed_dim": int(distill.get("EMBED_DIM", 1024)),
-            "embed_size": int(distill.get("EMBED_SIZE", 72)),
-            "img_size": int(data.get("IMG_SIZE", 1008)),
-        }
-        record = {
-            **geometry,
-            "resize_mode": data.get("RESIZE_MODE", "pad"),
-            "pixel_mean": list(data.get("PIXEL_MEAN", [0.5, 0.5, 0.5])),
-            "pixel_std": list(data.get("PIXEL_STD", [0.5, 0.5, 0.5])),
-        }
-    else:
-        geometry = {
-            "context_length": int(distill.get("CONTEXT_LENGTH", 32)),
-            "d_model": int(distill.get("TEXT_DIM", 256)),
-            "mask_padding": bool(distill.get("MASK_PAD_TOKENS", True)),
-        }
-        record = dict(geometry)
-    _check_architecture(path, name, geometry, state)
-    record = {
-        "name": name,
-        "zoo_name": info.zoo_name,
-        **record,
-        "geometry_from": "training config" if cfg else "assumed (SAM3 defaults)",
-        "checkpoint": str(path.resolve()),
-        "epoch": obj.get("epoch"),
-    }
-    return StudentWeights(kind, name, state, record)
-
-
-def _check_architecture(path: Path, name: str, geometry: dict, state: dict[str, Tensor]) -> None:
-    """Strictly load ``state`` into a freshly built ``name`` student."""
-    model = build_student(name, **geometry)
-    problems = state_problems(model.state_dict(), state)
-    if problems:
-        raise MergeError(
-            f"{path} is not a {name} student ({geometry}): {problems}. Pass the checkpoint of "
-            "that student, or the model name of the student it holds"
-        )
-    model.load_state_dict(state, strict=True)  # dtype / value problems surface here
-
-
-def check_parts(sam3_state: dict[str, Tensor], kinds: Sequence[str], source: str) -> None:
-    """Fail unless ``sam3_state`` is a SAM3 checkpoint holding the part each student replaces."""
-    if not any(k.startswith("detector.") for k in sam3_state):
-        raise MergeError(f"{source} has no 'detector.*' keys: it is not a SAM3 checkpoint")
-    for kind in kinds:
-        part = REPLACE_PREFIX[kind]
-        if not any(k.startswith(part) for k in sam3_state):
+def check_prefixes(sam3_state: dict[str, Tensor], prefixes: Sequence[str], source: str) -> None:
+    """Fail unless each further prefix to remove lies inside ``detector.backbone.`` and
+    matches a key of ``sam3_state``."""
+    for prefix in prefixes:
+        if not prefix.startswith(BACKBONE_PREFIX) or prefix == BACKBONE_PREFIX:
             raise MergeError(
-                f"{source} has no keys under '{part}': the {kind} teacher part is missing, so "
-                "the student would replace nothing. Pass the full sam3.pt (or a merged file)"
+                f"--replace-prefix {prefix!r} lies outside '{BACKBONE_PREFIX}' — only keys inside "
+                f"it may be removed (e.g. '{BACKBONE_PREFIX}vision_backbone.sam2_convs.'); the "
+                "student parts themselves are always replaced"
+            )
+        if not any(k.startswith(prefix) for k in sam3_state):
+            raise MergeError(
+                f"--replace-prefix {prefix!r} matches no key of {source} — check its spelling "
+                "against the checkpoint's keys, or drop it"
             )
 
 
@@ -242,17 +126,8 @@ def merge_state(
         MergeError: not a SAM3 checkpoint, a part to replace is missing, or a bad extra prefix.
     """
     check_parts(sam3_state, [s.kind for s in students], source)
-    prefixes = [REPLACE_PREFIX[s.kind] for s in students]
-    for prefix in extra_prefixes:
-        if not prefix.startswith(BACKBONE_PREFIX) or prefix == BACKBONE_PREFIX:
-            raise MergeError(
-                f"--replace-prefix {prefix!r}: only keys inside '{BACKBONE_PREFIX}' (e.g. "
-                f"'{BACKBONE_PREFIX}vision_backbone.sam2_convs.') may be removed; the student "
-                "parts themselves are always replaced"
-            )
-        if not any(k.startswith(prefix) for k in sam3_state):
-            raise MergeError(f"--replace-prefix {prefix!r} matches no key of {source}")
-        prefixes.append(prefix)
+    check_prefixes(sam3_state, extra_prefixes, source)
+    prefixes = [REPLACE_PREFIX[s.kind] for s in students] + list(extra_prefixes)
     merged = {k: v for k, v in sam3_state.items() if not k.startswith(tuple(prefixes))}
     kept = len(merged)
     added = 0
@@ -264,12 +139,25 @@ def merge_state(
     return merged, {"replaced": len(sam3_state) - kept, "added": added, "kept": kept}
 
 
-def build_meta(previous: dict[str, Any], students: Sequence[StudentWeights], sam3: Path) -> dict:
-    """The ``meta`` entry: earlier students (when merging into a merged file) updated with ours."""
+def build_meta(
+    previous: dict[str, Any],
+    students: Sequence[StudentWeights],
+    sam3: Path,
+    sam3_sha256: str | None = None,
+) -> dict:
+    """The ``meta`` entry: earlier students (when merging into a merged file) updated with ours.
+
+    ``provenance`` holds each side's teacher and store (``None``: unknown), ``random_teacher``
+    the sides that learned from a random teacher, ``sam3_sha256`` the SAM3 checkpoint's hash
+    when it was computed (kept from an earlier merge).
+    """
     merged_before = previous.get("format") == MERGED_FORMAT
     records = dict(previous.get("students") or {}) if merged_before else {}
+    earlier = dict(previous.get("provenance") or {}) if merged_before else {}
+    provenance = {kind: earlier.get(kind) for kind in records}
     for student in students:
         records[student.kind] = student.record
+        provenance[student.kind] = student.provenance
     image, text = records.get("image"), records.get("text")
     preprocessing = dict(SAM3_PREPROCESSING)
     if image:
@@ -283,68 +171,11 @@ def build_meta(previous: dict[str, Any], students: Sequence[StudentWeights], sam
         "context_length": text.get("context_length") if text else SAM3_CONTEXT_LENGTH,
         "preprocessing": preprocessing,
         "students": records,
+        "provenance": provenance,
+        "random_teacher": sorted(k for k, p in provenance.items() if is_random(p)),
         "sam3_checkpoint": str(previous.get("sam3_checkpoint") or sam3.resolve()),
+        "sam3_sha256": previous.get("sam3_sha256") if merged_before else sam3_sha256,
     }
-
-
-def check_output(output: Path, inputs: Sequence[Path]) -> None:
-    """Fail early (before any heavy work) when ``output`` cannot be written: it is an input or
-    a folder, or its folder cannot be created or written (tried with a probe file)."""
-    if any(output.resolve() == p.resolve() for p in inputs if p.exists()):
-        raise MergeError(f"--output {output} is one of the inputs; write to a new file")
-    if output.is_dir():
-        raise MergeError(f"--output {output} is a folder; give a file name")
-    folder = output.parent
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise MergeError(
-            f"cannot create the output folder {folder}: {existing} is a file; pass another --output"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise MergeError(
-            f"the output folder {folder} is not writable ({err.strerror or err}); pass another "
-            "--output"
-        ) from err
-
-
-def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Contiguous tensors, no two sharing memory (what safetensors requires)."""
-    seen: set[int] = set()
-    out = {}
-    for key, tensor in state.items():
-        tensor = tensor.contiguous()
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr in seen and tensor.numel():
-            tensor = tensor.clone()
-        seen.add(ptr)
-        out[key] = tensor
-    return out
-
-
-def save_merged(output: Path, state: dict[str, Tensor], meta: dict, safetensors: bool) -> None:
-    """Write ``{"model", "meta"}`` (``.pth``) or a ``.safetensors`` file with ``meta`` in its
-    metadata, through a temporary file in the same folder and a rename."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        if safetensors:
-            from safetensors.torch import save_file
-
-            save_file(_unshared(state), str(tmp), metadata={"meta": json.dumps(meta)})
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        else:
-            with open(tmp, "wb") as f:
-                torch.save({"model": state, "meta": meta}, f)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def default_output(students: Sequence[StudentWeights]) -> Path:
@@ -361,6 +192,19 @@ def _with_format(output: Path, safetensors: bool) -> tuple[Path, bool]:
     return (output if output.suffix == ".safetensors" else Path(f"{output}.safetensors")), True
 
 
+def _read_sam3(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """``read_checkpoint`` with its size and time in the log, errors as :class:`MergeError`."""
+    if path.is_file():
+        log.info("reading %s (%s)", path, format_bytes(path.stat().st_size))
+    start = time.perf_counter()
+    try:
+        state, meta = read_checkpoint(path)
+    except CheckpointError as err:
+        raise MergeError(str(err)) from err
+    log.info("%d tensors in %s, read in %.1f s", len(state), path.name, time.perf_counter() - start)
+    return state, meta
+
+
 def run_merge(
     sam3_ckpt: str | Path,
     output: str | Path | None,
@@ -370,43 +214,69 @@ def run_merge(
     text_model_name: str | None = None,
     replace_prefix: Sequence[str] | None = None,
     safetensors: bool = False,
+    allow_random_teacher: bool = False,
+    overwrite: bool = False,
 ) -> MergeSummary:
     """Check the inputs, merge the students into ``sam3_ckpt`` and write ``output`` atomically.
 
-    Order: the output location, then the SAM3 checkpoint's parts (memory-mapped, cheap), then
-    each student against its architecture; only then is anything written. ``output=None``
-    gives :func:`default_output`. ``replace_prefix`` lists further teacher key prefixes to
-    remove (see :func:`merge_state`). ``safetensors`` (or an output ending in
-    ``.safetensors``) writes safetensors.
+    Order, cheapest first: the output location; the SAM3 checkpoint's parts (memory-mapped);
+    each student's name, kind and provenance (a student distilled from a random teacher is
+    refused unless ``allow_random_teacher``); each student's shape against the checkpoint's
+    neck or heads; each student against its architecture; then the SAM3 checkpoint's SHA-256
+    against the students' teachers (warnings), and only then is anything written.
+    ``output=None`` gives :func:`default_output`. ``replace_prefix`` lists further teacher key
+    prefixes to remove (see :func:`merge_state`). ``safetensors`` (or an output ending in
+    ``.safetensors``) writes safetensors. An existing ``output`` is replaced only with
+    ``overwrite``.
+
+    Raises:
+        MergeError: any input that cannot be merged, with what to do.
     """
     if image_ckpt is None and text_ckpt is None:
-        raise MergeError("nothing to merge: give an image and/or a text student checkpoint")
+        raise MergeError("nothing to merge — give an image and/or a text student checkpoint")
     sam3_path = Path(sam3_ckpt)
     inputs = [sam3_path, *(Path(p) for p in (image_ckpt, text_ckpt) if p)]
     if output is not None:
         output, safetensors = _with_format(Path(output), safetensors)
-        check_output(output, inputs)
+        check_output(output, inputs, overwrite)
     else:
         check_output(Path("output") / "probe.pth", inputs)
-    try:
-        sam3_state, previous = read_checkpoint(sam3_path)
-    except CheckpointError as err:
-        raise MergeError(str(err)) from err
+    sam3_state, previous = _read_sam3(sam3_path)
     kinds = [k for k, p in (("image", image_ckpt), ("text", text_ckpt)) if p]
     check_parts(sam3_state, kinds, str(sam3_path))
+    check_prefixes(sam3_state, replace_prefix or (), str(sam3_path))
     students = []
     if image_ckpt:
-        students.append(load_student(image_ckpt, "image", image_model_name))
+        students.append(read_student(image_ckpt, "image", image_model_name))
     if text_ckpt:
-        students.append(load_student(text_ckpt, "text", text_model_name))
-    for s in students:
-        log.info("%s student %s checked against its architecture", s.kind, s.name)
+        students.append(read_student(text_ckpt, "text", text_model_name))
+    check_teachers(students, allow_random_teacher, str(sam3_path))
+    merged_before = previous.get("format") == MERGED_FORMAT
+    earlier = (previous.get("students") or {}) if merged_before else {}
+    # shapes first where the training config states them; an assumed geometry is proved by the
+    # architecture check before it is compared with the checkpoint
+    assumed = [s.record["geometry_from"] != "training config" for s in students]
+    for s, later in zip(students, assumed):
+        if not later:
+            check_fits(sam3_state, s.kind, s.record, str(sam3_path), earlier)
+    for s, later in zip(students, assumed):
+        start = time.perf_counter()
+        check_architecture(s)
+        if later:
+            check_fits(sam3_state, s.kind, s.record, str(sam3_path), earlier)
+        log.info(
+            "%s student %s checked against its architecture and %s (%.1f s)",
+            s.kind,
+            s.name,
+            sam3_path.name,
+            time.perf_counter() - start,
+        )
     if output is None:
         output, safetensors = _with_format(default_output(students), safetensors)
-        check_output(output, inputs)
+        check_output(output, inputs, overwrite)
+    sam3_sha256 = compare_teachers(students, sam3_path, previous)
     merged, counts = merge_state(sam3_state, students, replace_prefix or (), str(sam3_path))
-    meta = build_meta(previous, students, sam3_path)
-    log.info("writing %s (%d tensors)", output, len(merged))
+    meta = build_meta(previous, students, sam3_path, sam3_sha256)
     save_merged(output, merged, meta, safetensors)
     return MergeSummary(output, meta=meta, **counts)
 
@@ -431,6 +301,18 @@ def _parser(description: str) -> argparse.ArgumentParser:
         "--safetensors",
         action="store_true",
         help="write a .safetensors file (meta in its metadata) instead of a .pth",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output file if it exists (by default an existing file is an error)",
+    )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument(
+        "--allow-random-teacher",
+        action="store_true",
+        help="merge students distilled from a randomly initialised teacher (smoke tests only; "
+        "meta['random_teacher'] records it)",
     )
     return p
 
@@ -468,6 +350,8 @@ def main_single(kind: str, argv: list[str] | None = None) -> MergeSummary:
             text_ckpt=args.student_ckpt if kind == "text" else None,
             replace_prefix=args.replace_prefix,
             safetensors=args.safetensors,
+            allow_random_teacher=args.allow_random_teacher,
+            overwrite=args.overwrite,
             **names,
         )
     )
@@ -498,14 +382,7 @@ def main_both(argv: list[str] | None = None) -> MergeSummary:
             text_model_name=args.text_model_name,
             replace_prefix=args.replace_prefix,
             safetensors=args.safetensors,
+            allow_random_teacher=args.allow_random_teacher,
+            overwrite=args.overwrite,
         )
     )
-
-
-def run_cli(main: Callable[[list[str] | None], MergeSummary]) -> None:
-    """Run a converter's ``main``; expected failures end with one clear line, not a traceback."""
-    try:
-        main(None)
-    except (MergeError, CheckpointError, FileNotFoundError, KeyError, OSError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        sys.exit(f"error: {message}")

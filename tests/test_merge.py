@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from sam3.checkpoint import CheckpointError, read_checkpoint
+from sam3.model.neck import SCALE_FACTORS, _pyramid_level
 from sam3.model_builder import (
     BACKBONE_PREFIX,
     TEXT_PREFIX,
@@ -25,7 +29,7 @@ from stage1 import (
 )
 from stage1.config import load_config
 from stage1.engine import build_model
-from stage1.merge import MergeError, run_merge
+from stage1.merge import MergeError, load_student, run_merge
 from stage1.teachers import TEACHER_ARCHS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +44,40 @@ OTHER_KEYS = {
 }
 
 
-def _student_ckpt(path: Path, cfg_file: str, kind: str, seed: int, extra=()) -> Path:
+def _provenance(kind: str, sha: str, checkpoint: str = "sam3_checkpoints/sam3.pt") -> dict:
+    """What a phase-2 checkpoint records about the store it was trained on."""
+    shape = [64, 8, 8] if kind == "image" else [32, 256]
+    return {
+        "teacher": {
+            "kind": kind,
+            "arch": "sam3_tiny",
+            "checkpoint": checkpoint,
+            "checkpoint_sha256": sha,
+            "precision": "fp32",
+        },
+        "store": {
+            "path": f"/data/stage1_{kind}_teacher/embeddings",
+            "spec": {"shape": shape, "encoding": "float16", "header_bytes": 0, "meta": {}},
+        },
+    }
+
+
+def _copy(src: Path, dst: Path, **entries) -> Path:
+    """``src`` saved as ``dst`` with ``entries`` set (``None`` removes an entry)."""
+    obj = _load(src)
+    obj.update(entries)
+    torch.save({k: v for k, v in obj.items() if v is not None}, dst)
+    return dst
+
+
+def _target(path: Path, state: dict, **replace) -> Path:
+    """A SAM3 checkpoint ``state`` with some tensors replaced (``None`` removes one)."""
+    state = {**state, **replace}
+    torch.save({"model": {k: v for k, v in state.items() if v is not None}}, path)
+    return path
+
+
+def _student_ckpt(path: Path, cfg_file: str, kind: str, seed: int, extra=(), **entries) -> Path:
     """A phase-2 checkpoint (the Trainer's layout) holding a randomly perturbed student."""
     cfg = load_config(ROOT / "stage1" / "configs" / cfg_file, [*GEOMETRY, *extra])
     torch.manual_seed(seed)
@@ -58,6 +95,7 @@ def _student_ckpt(path: Path, cfg_file: str, kind: str, seed: int, extra=()) -> 
         "student": cfg.MODEL.BACKBONE,
         "kind": kind,
         "config": cfg.dump(),
+        **entries,
     }
     torch.save(state, path)
     return path
@@ -66,7 +104,8 @@ def _student_ckpt(path: Path, cfg_file: str, kind: str, seed: int, extra=()) -> 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny SAM3 checkpoint (backbone with both necks + head/tracker stand-ins + optimizer
-    state) and phase-2 checkpoints of ES-EV-S and ES-MC-S at its geometry."""
+    state) and phase-2 checkpoints of ES-EV-S (distilled from that checkpoint, as its provenance
+    says) and ES-MC-S (from before provenance was recorded) at its geometry."""
     base = tmp_path_factory.mktemp("merge")
     torch.manual_seed(0)
     backbone = build_sam3_backbone(None, cfg=TINY, enable_sam2_neck=True)
@@ -75,9 +114,21 @@ def files(tmp_path_factory):
         state[key] = torch.randn(3, 5).to(dtype)
     sam3 = base / "sam3_tiny.pt"
     torch.save({"model": state, "optimizer": {"step": torch.tensor(7)}}, sam3)
-    image = _student_ckpt(base / "image_ckpt.pth", "es_ev_s.yaml", "vision", seed=1)
+    sha = hashlib.sha256(sam3.read_bytes()).hexdigest()
+    provenance = _provenance("image", sha, str(sam3))
+    image = _student_ckpt(
+        base / "image_ckpt.pth", "es_ev_s.yaml", "vision", seed=1, provenance=provenance
+    )
     text = _student_ckpt(base / "text_ckpt.pth", "es_mc_s.yaml", "text", seed=2)
-    return {"base": base, "sam3": sam3, "image": image, "text": text, "state": state}
+    return {
+        "base": base,
+        "sam3": sam3,
+        "sha256": sha,
+        "image": image,
+        "text": text,
+        "state": state,
+        "provenance": provenance,
+    }
 
 
 def _load(path: Path) -> dict:
@@ -184,6 +235,11 @@ def test_image_then_text_equals_both(files):
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["meta"]["students"] == b["meta"]["students"]
+    # the image student's provenance is kept by the text merge; the text student has none
+    for meta in (a["meta"], b["meta"]):
+        assert meta["provenance"] == {"image": files["provenance"], "text": None}
+        assert meta["sam3_sha256"] == files["sha256"]
+        assert meta["random_teacher"] == []
 
 
 def test_safetensors_output_gives_the_same_model(files):
@@ -251,7 +307,9 @@ def test_merged_backbone_gives_the_students_features_and_sam3_shapes(files):
 
 def test_bad_student_checkpoints_are_refused(files, tmp_path):
     out = tmp_path / "out.pth"
-    with pytest.raises(MergeError, match="holds a efficientvit_b0 student but the model name"):
+    with pytest.raises(
+        MergeError, match="holds the student efficientvit_b0, but the model name given"
+    ):
         run_merge(files["sam3"], out, files["image"], image_model_name="repvit_m0_9")
     with pytest.raises(MergeError, match="text student; the image converter"):
         convert_image_encoder_weights_stage1.main(
@@ -261,11 +319,11 @@ def test_bad_student_checkpoints_are_refused(files, tmp_path):
     other = _student_ckpt(tmp_path / "b1.pth", "es_ev_m.yaml", "vision", seed=3)
     bare = tmp_path / "bare.pth"
     torch.save(_load(other)["model"], bare)  # a bare state dict of EfficientViT-B1
-    with pytest.raises(MergeError, match="is not a efficientvit_b0 student"):
+    with pytest.raises(MergeError, match="does not fit efficientvit_b0"):
         run_merge(files["sam3"], out, bare, image_model_name="efficientvit_b0")
     with pytest.raises(MergeError, match="does not say which student"):
         run_merge(files["sam3"], out, bare)
-    with pytest.raises(FileNotFoundError, match="phase 2 writes"):
+    with pytest.raises(MergeError, match="is not a file — phase 2 writes"):
         run_merge(files["sam3"], out, tmp_path / "nope.pth")
     assert not out.exists()
 
@@ -319,7 +377,7 @@ def test_replace_prefix_removes_more_but_never_less(files, tmp_path):
     removed = sum(k.startswith((VISION_TRUNK_PREFIX, sam2)) for k in files["state"])
     assert summary.replaced == removed
     for bad, message in (
-        ("detector.transformer.", "only keys inside"),
+        ("detector.transformer.", "lies outside"),
         (BACKBONE_PREFIX + "nothing_here.", "matches no key"),
     ):
         with pytest.raises(MergeError, match=message):
@@ -373,9 +431,9 @@ def test_unwritable_output_and_failed_writes_leave_nothing(files, tmp_path, monk
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("stage1.merge.torch.save", full_disk)
+    monkeypatch.setattr("stage1.merge_io.torch.save", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        run_merge(files["sam3"], existing, files["image"])
+        run_merge(files["sam3"], existing, files["image"], overwrite=True)
     assert existing.read_bytes() == b"an earlier merge"  # untouched
     _no_leftovers(tmp_path)
     monkeypatch.setattr("safetensors.torch.save_file", full_disk)
@@ -428,3 +486,147 @@ def test_command_line_errors_are_one_line(files, tmp_path):
     assert "error: " in run.stderr and "the text converter merges text students" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "x.pth").exists()
+
+
+def _neck_for(channels: int, state: dict, which=("convs", "sam2_convs")) -> dict:
+    """Neck tensors of ``state`` reshaped for a trunk of ``channels`` (zeros)."""
+    replace = {}
+    for name in which:
+        prefix = f"{BACKBONE_PREFIX}vision_backbone.{name}."
+        for i, scale in enumerate(SCALE_FACTORS):
+            for k, v in _pyramid_level(channels, 256, scale).state_dict().items():
+                replace[f"{prefix}{i}.{k}"] = torch.zeros_like(v)
+        assert all(k in state for k in replace)
+    return replace
+
+
+def test_a_vision_student_that_does_not_fit_the_neck_is_refused_before_writing(files, tmp_path):
+    out = tmp_path / "out.pth"
+    wide = _target(tmp_path / "neck1024.pt", files["state"], **_neck_for(1024, files["state"]))
+    with pytest.raises(MergeError) as err:
+        run_merge(wide, out, files["image"])
+    message = str(err.value)
+    assert "[64, 8, 8]" in message and "DISTILL.EMBED_DIM 64" in message  # the student's side
+    assert "takes 1024 channels" in message and "[1024, 512, 2, 2]" in message  # the neck's
+    assert " — " in message and "DISTILL.EMBED_DIM 1024" in message  # what to do
+    # only the second neck differs: still refused, naming it
+    sam2 = _neck_for(1024, files["state"], which=("sam2_convs",))
+    with pytest.raises(MergeError, match="sam2_convs"):
+        run_merge(_target(tmp_path / "sam2.pt", files["state"], **sam2), out, files["image"])
+    # a trunk that makes 4 x 4 maps (56 px) where the student makes 8 x 8
+    key = VISION_TRUNK_PREFIX + "blocks.1.attn.freqs_cis"
+    table = files["state"][key]
+    small = _target(tmp_path / "grid4.pt", files["state"], **{key: table[:16].clone()})
+    with pytest.raises(MergeError, match=r"makes 4 x 4 maps \(56 px\).*EMBED_SIZE 4"):
+        run_merge(small, out, files["image"])
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_a_text_student_that_does_not_fit_the_heads_is_refused_before_writing(files, tmp_path):
+    out = tmp_path / "out.pth"
+    resizer = TEXT_PREFIX + "resizer.weight"
+    narrow = {resizer: torch.zeros(128, files["state"][resizer].shape[1])}
+    with pytest.raises(MergeError) as err:
+        run_merge(
+            _target(tmp_path / "w128.pt", files["state"], **narrow), out, text_ckpt=files["text"]
+        )
+    message = str(err.value)
+    assert "256-wide" in message and "DISTILL.TEXT_DIM 256" in message
+    assert (
+        "take 128-wide" in message and "[128, 64]" in message and "DISTILL.TEXT_DIM 128" in message
+    )
+    positions = TEXT_PREFIX + "encoder.positional_embedding"
+    short = {positions: files["state"][positions][:16].clone()}
+    with pytest.raises(MergeError, match=r"32 tokens.*16 positions.*\[16, 64\].*CONTEXT_LENGTH"):
+        run_merge(
+            _target(tmp_path / "ctx16.pt", files["state"], **short), out, text_ckpt=files["text"]
+        )
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_a_random_teacher_is_refused_unless_allowed(files, tmp_path, caplog):
+    random = _copy(
+        files["image"], tmp_path / "random.pth", provenance=_provenance("image", "random", "random")
+    )
+    out = tmp_path / "out.pth"
+    with pytest.raises(MergeError, match=r"RANDOM.*— .*--allow-random-teacher"):
+        run_merge(files["sam3"], out, random)
+    assert not out.exists()
+    caplog.set_level(logging.WARNING, logger="stage1.merge")
+    summary = convert_image_encoder_weights_stage1.main(
+        ["--student-ckpt", str(random), "--sam3-ckpt", str(files["sam3"]), "--output", str(out),
+         "--allow-random-teacher"]
+    )  # fmt: skip
+    meta = _load(summary.output)["meta"]
+    assert meta["random_teacher"] == ["image"]
+    assert meta["provenance"]["image"]["teacher"]["checkpoint_sha256"] == "random"
+    assert any("RANDOM" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert any("RANDOM" in line for line in summary.lines())
+
+
+def test_the_teacher_is_compared_with_the_checkpoint_merged_into(files, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="stage1.merge")
+    warnings = lambda: [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]  # noqa: E731
+    run_merge(files["sam3"], tmp_path / "same.pth", files["image"])
+    assert not warnings()  # its teacher is this very file
+    other = _copy(files["image"], tmp_path / "other.pth", provenance=_provenance("image", "0" * 64))
+    meta = _load(run_merge(files["sam3"], tmp_path / "other_out.pth", other).output)["meta"]
+    assert meta["sam3_sha256"] == files["sha256"]
+    assert any("another checkpoint" in w and "000000000000" in w for w in warnings())
+    caplog.clear()
+    legacy = _copy(files["image"], tmp_path / "legacy.pth", provenance=None)
+    meta = _load(run_merge(files["sam3"], tmp_path / "legacy_out.pth", legacy).output)["meta"]
+    assert meta["provenance"] == {"image": None}
+    assert any("teacher is unknown" in w for w in warnings())
+    caplog.clear()
+    no_manifest = _copy(files["image"], tmp_path / "no_manifest.pth", provenance={"teacher": None})
+    run_merge(files["sam3"], tmp_path / "no_manifest_out.pth", no_manifest)
+    assert any("teacher is unknown" in w and "manifest" in w for w in warnings())
+
+
+def test_one_student_named_two_ways_is_one_student(files, tmp_path, caplog):
+    zoo = _copy(files["image"], tmp_path / "zoo.pth", student="ES-EV-S")
+    merged = run_merge(files["sam3"], tmp_path / "m.pth", zoo, image_model_name="efficientvit-b0")
+    assert _load(merged.output)["meta"]["image_student"] == "efficientvit_b0"
+    with pytest.raises(MergeError, match=r"efficientvit_b9.* — "):
+        run_merge(files["sam3"], tmp_path / "x.pth", zoo, image_model_name="efficientvit_b9")
+    # a bare state dict: the geometry is assumed, and the messages say so
+    bare = tmp_path / "bare.pth"
+    torch.save(_load(files["image"])["model"], bare)
+    caplog.set_level(logging.WARNING, logger="stage1.merge")
+    with pytest.raises(MergeError) as err:
+        load_student(bare, "image", "ES-EV-S")
+    message = str(err.value)
+    assert "is not a" not in message and "assumed" in message and " — " in message
+    warning = next(r.getMessage() for r in caplog.records if "no training config" in r.getMessage())
+    assert "context" not in warning and "SAM3's geometry" not in warning
+
+
+def test_the_merge_reports_progress_on_its_long_steps(files, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="stage1.merge")
+    run_merge(files["sam3"], tmp_path / "m.pth", files["image"])
+    lines = [r.getMessage() for r in caplog.records]
+    size = r"\d+(\.\d+)? (B|KiB|MiB|GiB)"
+    for step in (rf"reading {re.escape(str(files['sam3']))} \({size}", r"sha256 of .* in \d+\.\d s",
+                 rf"wrote .*m\.pth \({size}\) in \d+\.\d s"):  # fmt: skip
+        assert any(re.search(step, line) for line in lines), (step, lines)
+
+
+def test_an_existing_output_is_kept_unless_overwrite_is_asked_for(files, tmp_path):
+    existing = tmp_path / "merged.pth"
+    existing.write_bytes(b"an earlier merge")
+    with pytest.raises(MergeError, match=r"already exists — .*--overwrite"):
+        run_merge(files["sam3"], existing, files["image"])
+    with pytest.raises(MergeError, match="already exists"):
+        convert_image_encoder_weights_stage1.main(
+            ["--student-ckpt", str(files["image"]), "--sam3-ckpt", str(files["sam3"]),
+             "--output", str(existing)]
+        )  # fmt: skip
+    assert existing.read_bytes() == b"an earlier merge"
+    convert_image_encoder_weights_stage1.main(
+        ["--student-ckpt", str(files["image"]), "--sam3-ckpt", str(files["sam3"]),
+         "--output", str(existing), "--overwrite"]
+    )  # fmt: skip
+    assert existing.read_bytes() != b"an earlier merge"
