@@ -74,9 +74,9 @@ _C.TRAIN = CN()
 _C.TRAIN.EPOCHS = 50  # passes over the training split
 _C.TRAIN.WARMUP_EPOCHS = 5  # linear warm-up length (per optimizer step, in epochs)
 _C.TRAIN.BASE_LR = 1e-3  # peak learning rate at the reference batch LR_SCALE_BATCH
-_C.TRAIN.LR_SCALE_BATCH = 512  # lr = BASE_LR * BATCH_SIZE * world * ACCUMULATION / this (0: off)
-_C.TRAIN.WARMUP_LR = 1e-6  # learning rate at the first step
-_C.TRAIN.MIN_LR = 1e-5  # learning rate at the end of the cosine decay
+_C.TRAIN.LR_SCALE_BATCH = 512  # the 3 lr keys x BATCH_SIZE * world * ACCUMULATION / this (0: off)
+_C.TRAIN.WARMUP_LR = 1e-6  # learning rate at the first step, at the reference batch
+_C.TRAIN.MIN_LR = 1e-5  # learning rate at the end of the cosine decay, at the reference batch
 _C.TRAIN.WEIGHT_DECAY = 0.01  # AdamW weight decay (never on norms, biases, embeddings' 1-D)
 _C.TRAIN.LAYER_DECAY = 1.0  # layer-wise lr decay factor for timm students (1.0 = off)
 _C.TRAIN.CLIP_GRAD = 5.0  # gradient-norm clip (0 = off)
