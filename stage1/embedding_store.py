@@ -507,7 +507,8 @@ def check_disk_space(
     root: str | os.PathLike, n_records: int, spec: StoreSpec, force: bool = False
 ) -> int:
     """Bytes needed for ``n_records`` more records; :class:`InsufficientDiskError` when the
-    filesystem holding ``root`` has less free space, unless ``force`` (then a warning)."""
+    filesystem holding ``root`` has less free space, unless ``force`` (then a warning). The
+    int8 hint is given only for a store not created yet (an existing one keeps its encoding)."""
     need = estimate_bytes(n_records, spec)
     probe = Path(root).absolute()
     while not probe.exists():
@@ -515,6 +516,7 @@ def check_disk_space(
     free = shutil.disk_usage(probe).free
     if need > free:
         hint = ", store int8 (DISTILL.STORE_DTYPE int8, half the size)"
+        new = not (Path(root) / MANIFEST).exists()
         have, want = format_bytes(free), format_bytes(need)
         if have == want:  # too close to tell apart at that scale
             have, want = f"{free:,} bytes", f"{need:,} bytes"
@@ -522,8 +524,8 @@ def check_disk_space(
             f"the embedding store in {root} needs about {want} for {n_records} records of "
             f"{spec.record_bytes} bytes, but only {have} is free there — free some space, "
             f"point DISTILL.TEACHER_EMBED_PATH at a larger disk"
-            f"{hint if spec.encoding == 'float16' else ''}, or set DISTILL.FORCE True to export "
-            "anyway"
+            f"{hint if spec.encoding == 'float16' and new else ''}, or set DISTILL.FORCE True to "
+            "export anyway"
         )
         if not force:
             raise InsufficientDiskError(msg)

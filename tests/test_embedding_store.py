@@ -692,6 +692,10 @@ def test_disk_space_refusal(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="forced"):
         assert check_disk_space(tmp_path, 1000, spec, force=True) == need
     assert check_disk_space(tmp_path, 10, spec) == estimate_bytes(10, spec)
+    create_store(tmp_path / "old", spec, 1)  # an existing float16 store cannot become int8
+    with pytest.raises(InsufficientDiskError) as err:
+        check_disk_space(tmp_path / "old", 1000, spec)
+    assert "int8" not in str(err.value) and "FORCE" in str(err.value)
 
 
 def test_sizes_are_given_at_their_scale(tmp_path, monkeypatch):
