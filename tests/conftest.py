@@ -86,13 +86,8 @@ def make_recap(root: Path, n: int = 10) -> Path:
 
 # Options that turn the spec's commands into smoke runs: no sam3.pt here, so a seeded random
 # tiny teacher (explicit opt-in) at 112 px (an 8x8x64 embedding).
-TINY_TEACHER = [
-    "MODEL.RESUME",
-    "",
-    "MODEL.ALLOW_RANDOM_TEACHER",
-    "True",
-    "MODEL.TEACHER_ARCH",
-    "sam3_tiny",
+# The tiny teacher's geometry (and no loader workers), shared by the smoke runs of every phase.
+TINY_GEOMETRY = [
     "DATA.IMG_SIZE",
     "112",
     "DISTILL.EMBED_DIM",
@@ -101,4 +96,13 @@ TINY_TEACHER = [
     "8",
     "DATA.NUM_WORKERS",
     "0",
+]
+TINY_TEACHER = [
+    "MODEL.RESUME",
+    "",
+    "MODEL.ALLOW_RANDOM_TEACHER",
+    "True",
+    "MODEL.TEACHER_ARCH",
+    "sam3_tiny",
+    *TINY_GEOMETRY,
 ]

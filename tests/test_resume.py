@@ -17,7 +17,7 @@ from stage1.data.transforms import ImageTransform, preprocessing_record
 from stage1.embedding_store import StoreSpec, StoreWriter, create_store, finalize_manifest
 from stage1.engine import run_training
 
-from conftest import make_sa1b
+from conftest import TINY_GEOMETRY, make_sa1b
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = {
@@ -29,14 +29,7 @@ TEACHER = {
 }
 # 4 training images in one batch: 1 optimizer step per epoch, fp32, absolute lr, no warm-up
 FAST = [
-    "DATA.IMG_SIZE",
-    "112",
-    "DISTILL.EMBED_DIM",
-    "64",
-    "DISTILL.EMBED_SIZE",
-    "8",
-    "DATA.NUM_WORKERS",
-    "0",
+    *TINY_GEOMETRY,
     "DATA.BATCH_SIZE",
     "4",
     "DATA.VAL_SPLIT",

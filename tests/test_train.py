@@ -16,7 +16,7 @@ import torch
 from stage1.checkpointing import TrainCheckpointError, list_checkpoints
 from stage1.embedding_store import StoreMismatchError
 
-from conftest import TINY_TEACHER, make_recap, make_sa1b
+from conftest import TINY_GEOMETRY, TINY_TEACHER, make_recap, make_sa1b
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_IMAGE_CFG = "stage1/configs/teacher/sam_vit_huge_sa1b.yaml"
@@ -24,14 +24,7 @@ TEACHER_TEXT_CFG = "stage1/configs/teacher/sam_text_teacher.yaml"
 # a short, fast run at the tiny teacher's geometry: absolute lr, no warm-up, no lr scaling, fp32
 # (bf16 autocast is exercised by the text test)
 SHORT = [
-    "DATA.IMG_SIZE",
-    "112",
-    "DISTILL.EMBED_DIM",
-    "64",
-    "DISTILL.EMBED_SIZE",
-    "8",
-    "DATA.NUM_WORKERS",
-    "0",
+    *TINY_GEOMETRY,
     "TRAIN.LR_SCALE_BATCH",
     "0",
     "TRAIN.WARMUP_EPOCHS",
