@@ -91,7 +91,7 @@ LEGACY_HEADER_BYTES = 4
 DIGEST_BYTES = 8  # header bytes of a record that carries its source digest
 SOURCE_DIGEST = "source-sha256-64"  # meta["record_header"]: the header is source_digest(text)
 FP16_MAX = 65504.0
-# must agree on re-creation ("teacher" by its identity fields: see _teacher_identity)
+# must agree on re-creation ("teacher" by its identity fields: see teacher_identity)
 MATCHED_META = ("teacher", "preprocessing", "context_length", "record_header")
 TEACHER_IDENTITY = ("kind", "arch", "checkpoint_sha256", "precision")
 EXPECTED_META = ("preprocessing", "context_length")  # checked by readers given `expected`
@@ -367,7 +367,7 @@ def _shard_records(root: Path, rank: int, record_bytes: int) -> tuple[list[bytes
     return lines, min(len(lines), _size(values_path) // record_bytes)
 
 
-def _teacher_identity(teacher: Any) -> Any:
+def teacher_identity(teacher: Any) -> Any:
     """What names a teacher: with a recorded checkpoint hash, the :data:`TEACHER_IDENTITY`
     fields (not the path the checkpoint was read from); otherwise the whole record."""
     if isinstance(teacher, dict) and "checkpoint_sha256" in teacher:
@@ -385,7 +385,7 @@ def _differences(store: StoreSpec, other: StoreSpec, meta_fields: Sequence[str])
     for name in meta_fields:
         have, got = store.meta.get(name), other.meta.get(name)
         if name == "teacher":
-            have, got = _teacher_identity(have), _teacher_identity(got)
+            have, got = teacher_identity(have), teacher_identity(got)
         if have == got:
             continue
         if name == "teacher" and isinstance(have, dict) and isinstance(got, dict):

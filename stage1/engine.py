@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
@@ -183,6 +184,19 @@ class Trainer:
         self.num_updates = int(state.get("num_updates", self.start_epoch * self.updates_per_epoch))
         self.scheduler.step_update(self.num_updates)
         log.info("resumed from %s: continuing at epoch %d", path, self.start_epoch)
+        old_epochs = (yaml.safe_load(state["config"]) or {}).get("TRAIN", {}).get("EPOCHS")
+        if old_epochs is not None and old_epochs != self.cfg.TRAIN.EPOCHS:
+            log.warning(
+                "TRAIN.EPOCHS %s -> %s: the schedule is recomputed for %s epochs, so at update %d "
+                "the learning rate goes from %.3g (where the %s-epoch schedule was) to %.3g",
+                old_epochs,
+                self.cfg.TRAIN.EPOCHS,
+                self.cfg.TRAIN.EPOCHS,
+                self.num_updates,
+                state["optimizer"]["param_groups"][-1]["lr"],
+                old_epochs,
+                self.optimizer.param_groups[-1]["lr"],
+            )
 
     def _save(self, epoch: int) -> str:
         path = ""

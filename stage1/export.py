@@ -153,10 +153,10 @@ def _hash(weights: Path | None) -> str:
 def _run(cfg, kind, check_only, device, info, plan: ExportPlan, start: float) -> ExportSummary:
     root = Path(cfg.DISTILL.TEACHER_EMBED_PATH)
     log.info("%s export on %s, rank %d of %d -> %s", kind, device, info.rank, info.world_size, root)
-    if info.is_main and not check_only:
-        dump_json(cfg, Path(cfg.OUTPUT) / "config.json")
     sha = _on_main(info, lambda: _hash(plan.weights))
     spec = _on_main(info, lambda: with_checkpoint_hash(plan, root, sha))
+    if info.is_main and not check_only:  # only once the store has accepted this teacher
+        dump_json(cfg, Path(cfg.OUTPUT) / "config.json")
     teacher = Teacher(cfg, kind, device, checkpoint_sha=sha)
     if teacher.backbone.load_report is not None:
         log.info(teacher.backbone.load_report.summary())

@@ -111,7 +111,8 @@ def build_scheduler(
     """Per-update linear warm-up from ``lrs.warmup`` to the optimizer's rate, then cosine decay
     to ``lrs.min`` over ``TRAIN.EPOCHS`` (timm). It is a function of the update count alone:
     ``step_update(n)`` sets update ``n``'s rate, so a resumed run needs no scheduler state and
-    a longer ``TRAIN.EPOCHS`` stretches the cosine from where the run is."""
+    a longer ``TRAIN.EPOCHS`` continues on the longer schedule at the current update (at a higher
+    rate than the shorter schedule had decayed to)."""
     return CosineLRScheduler(
         optimizer,
         t_initial=max(1, cfg.TRAIN.EPOCHS * updates_per_epoch),

@@ -2,7 +2,8 @@
 starting afresh in a folder that still holds an earlier run's checkpoints.
 
 A resumed run continues the run its checkpoints belong to. ``TRAIN.EPOCHS`` may grow: the
-cosine schedule then ends at the new horizon, from where the run is (warm-up unchanged). Every
+cosine schedule is then the one of the longer run, taken up at the current update (warm-up
+unchanged; the rate rises to what the longer schedule has there, and the log says so). Every
 key of :func:`run_keys` must stay as it was, and so must the number of processes and the
 teacher of the store. Paths, workers, device, logging, checkpoint frequency and tag may change.
 """
@@ -23,7 +24,7 @@ from sam3.backbones import UnknownStudentError, get_student, resolve_student
 
 from .checkpointing import TrainCheckpointError, list_checkpoints
 from .config import ConfigError
-from .embedding_store import TEACHER_IDENTITY
+from .embedding_store import teacher_identity
 
 _COMMON_KEYS = (
     "SEED",
@@ -128,12 +129,6 @@ def _label(name: str) -> str:
         return name
 
 
-def _teacher_id(teacher: Any) -> Any:
-    if isinstance(teacher, dict) and "checkpoint_sha256" in teacher:
-        return {k: teacher.get(k) for k in TEACHER_IDENTITY}
-    return teacher
-
-
 def check_resume(
     path: Path,
     state: dict,
@@ -157,8 +152,8 @@ def check_resume(
     if "world_size" in state and int(state["world_size"]) != world_size:
         diffs.append(f"number of processes: {state['world_size']} → {world_size}")
     if "provenance" in state:
-        before = _teacher_id(state["provenance"]["teacher"])
-        now = _teacher_id(provenance["teacher"])
+        before = teacher_identity(state["provenance"]["teacher"])
+        now = teacher_identity(provenance["teacher"])
         if before != now:
             diffs.append(f"teacher of the store: {before} → {now}")
     steps = state.get("num_updates")

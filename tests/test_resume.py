@@ -164,6 +164,11 @@ def test_a_longer_run_continues_the_cosine_to_the_new_horizon(inputs, tmp_path):
         return 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * step / 4))
 
     assert lr_of(out, 2) == pytest.approx(fresh(3), rel=1e-9)  # not MIN_LR
+    log = (out / "log_rank0.txt").read_text()
+    assert (
+        f"TRAIN.EPOCHS 2 -> 4: the schedule is recomputed for 4 epochs, so at update 2 the "
+        f"learning rate goes from 1e-05 (where the 2-epoch schedule was) to {fresh(2):.3g}" in log
+    )
     assert lr_of(out, 3) == pytest.approx(fresh(4), rel=1e-9)
 
     done = train(inputs, out, "TRAIN.EPOCHS", "4", *lrs)

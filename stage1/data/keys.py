@@ -11,7 +11,9 @@ the store cannot hold, and ``%`` itself:
   ``100%`` -> ``100%25``, the Latin-1 name ``caf\\xe9`` -> ``caf%E9``, a tab -> ``%09``.
 
 Names the store could already hold (``sa_12345``, ``sha1:...``, ``café``) map to themselves, so
-stores written before this rule stay valid. :func:`decode_key` gives the name back. The listing
+stores written before this rule keep their keys, except for names holding ``%`` (now ``%25``)
+and caption ids that are not UTF-8 (once decoded with U+FFFD, now encoded byte by byte).
+:func:`decode_key` gives the name back. The listing
 functions (:func:`stage1.data.sa1b.list_sa1b`, :func:`stage1.data.recap_datacomp.iter_captions`)
 apply the rule, so export and training see the same keys. A key the store still rejects (the
 check is the store's own) is skipped, counted and named in the log, like an unreadable image.
