@@ -4,42 +4,49 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .backbones import UnknownStudentError, build_student, resolve_student, student_kind
-from .checkpoint import (
-    MAX_LISTED,
-    CheckpointError,
-    LoadReport,
-    load_sam3_checkpoint,
-    read_checkpoint,
+from .arch import BackboneConfig, ImageModelConfig, has_heads, infer_image_config
+from .checkpoint import CheckpointError, LoadReport, load_sam3_checkpoint, read_checkpoint
+from .merged import (
+    BACKBONE_PREFIX,
+    MERGED_FORMAT,
+    TEXT_PREFIX,
+    VISION_STUDENT_PREFIX,
+    VISION_TRUNK_PREFIX,
+    StudentTrunk,
+    check_no_foreign_keys,
+    merged_backbone,
+    student_entry,
 )
 from .model.neck import DualViTDetNeck
-from .model.text_encoder import TextConfig, VETextEncoder
-from .model.vit import ViT, ViTConfig
+from .model.sam3_image import SAM3_PREPROCESSING, Sam3ImageModel
+from .model.text_encoder import VETextEncoder
+from .model.vit import ViT
 from .model.vl_backbone import SAM3VLBackbone
 
 log = logging.getLogger(__name__)
 
-BACKBONE_PREFIX = "detector.backbone."  # where the VL backbone lives in sam3.pt
-VISION_TRUNK_PREFIX = BACKBONE_PREFIX + "vision_backbone.trunk."  # the teacher trunk's keys
-VISION_STUDENT_PREFIX = VISION_TRUNK_PREFIX + "model."  # a merged vision student's keys
-TEXT_PREFIX = BACKBONE_PREFIX + "language_backbone."  # the text encoder's (teacher or student)
-MERGED_FORMAT = "efficientsam3-merged"  # meta["format"] of a merged checkpoint
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """Architecture of the VL backbone; the defaults are SAM3's."""
-
-    vit: ViTConfig = field(default_factory=ViTConfig)  # vision trunk
-    text: TextConfig = field(default_factory=TextConfig)  # text encoder
-    d_model: int = 256  # neck / detector width
-    scalp: int = 1  # coarsest pyramid levels dropped from the outputs
+DETECTOR_PREFIX = "detector."  # the image model's keys in sam3.pt
+__all__ = [
+    "BACKBONE_PREFIX",
+    "MERGED_FORMAT",
+    "TEXT_PREFIX",
+    "VISION_STUDENT_PREFIX",
+    "VISION_TRUNK_PREFIX",
+    "BackboneConfig",
+    "ImageModelConfig",
+    "StudentTrunk",
+    "build_efficientsam3_backbone",
+    "build_efficientsam3_image_model",
+    "build_sam3_backbone",
+    "build_sam3_image_model",
+    "build_vl_backbone",
+    "load_image_model",
+]
 
 
 def build_vl_backbone(
@@ -98,51 +105,6 @@ def build_sam3_backbone(
     return model.eval() if eval_mode else model
 
 
-class StudentTrunk(nn.Module):
-    """A vision student in the teacher trunk's place: ``[B, 3, S, S]`` -> ``[map]``.
-
-    Holds the student as ``model`` (so its keys sit under ``trunk.model.``) and exposes the
-    trunk's interface that the neck relies on: ``channel_list`` and a list of one map.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.channel_list = [model.embed_dim]
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Images -> ``[student map [B, embed_dim, embed_size, embed_size]]``."""
-        return [self.model(images)]
-
-
-def _student_entry(meta: dict, kind: str, override: str | None, path: Path) -> dict | None:
-    """The merged checkpoint's record of its ``kind`` student, with the name overridden."""
-    entry = dict((meta.get("students") or {}).get(kind) or {})
-    if override:
-        entry["name"] = override
-    if not entry:
-        return None
-    if "name" not in entry:
-        raise CheckpointError(f"{path}: meta['students'][{kind!r}] names no student")
-    try:
-        name = resolve_student(entry["name"])
-    except UnknownStudentError as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    want = "vision" if kind == "image" else "text"
-    if student_kind(name) != want:
-        raise CheckpointError(
-            f"{path}: {entry['name']!r} is a {student_kind(name)} student, not a {want} one"
-        )
-    entry["name"] = name
-    return entry
-
-
-def _foreign_keys(state: dict[str, Tensor], model: nn.Module, roots: list[str]) -> list[str]:
-    """Keys under ``roots`` that the built model does not have (e.g. leftover teacher keys)."""
-    own = {BACKBONE_PREFIX + k for k in model.state_dict()}
-    return [k for k in state if k not in own and any(k.startswith(r) for r in roots)]
-
-
 def build_efficientsam3_backbone(
     checkpoint_path: str | Path,
     device: torch.device | str = "cpu",
@@ -181,53 +143,166 @@ def build_efficientsam3_backbone(
     """
     path, device, cfg = Path(checkpoint_path), torch.device(device), cfg or BackboneConfig()
     state, meta = read_checkpoint(path)
-    image = _student_entry(meta, "image", image_student, path) if enable_vision else None
-    text = _student_entry(meta, "text", text_student, path) if enable_text else None
-    if image is None and text is None:
-        raise CheckpointError(
-            f"{path} names no student for the parts built (its meta has "
-            f"{sorted(meta.get('students') or {})}). Use build_sam3_backbone for a plain SAM3 "
-            "checkpoint, or pass image_student=/text_student= for a merged file without meta"
-        )
-    visual = None
-    if enable_vision:
-        if image is not None:
-            trunk: nn.Module = StudentTrunk(
-                build_student(
-                    image["name"],
-                    embed_dim=image.get("embed_dim", cfg.vit.embed_dim),
-                    embed_size=image.get("embed_size", cfg.vit.grid_size),
-                    img_size=image.get("img_size", cfg.vit.img_size),
-                )
-            )
-        else:
-            with torch.device("meta"):
-                trunk = ViT(cfg.vit)
-            trunk.to_empty(device="cpu")
-        visual = DualViTDetNeck(trunk, cfg.d_model, add_sam2_neck=enable_sam2_neck)
-    language = None
-    if enable_text:
-        if text is not None:
-            language = build_student(
-                text["name"],
-                context_length=text.get("context_length", cfg.text.context_length),
-                d_model=text.get("d_model", cfg.d_model),
-                mask_padding=text.get("mask_padding", True),
-            )
-        else:
-            with torch.device("meta"):
-                language = VETextEncoder(cfg.text, cfg.d_model)
-            language.to_empty(device="cpu")
-    model = SAM3VLBackbone(visual, language, scalp=cfg.scalp).to(device)
+    image, text = _students(meta, path, image_student, text_student, enable_vision, enable_text)
+    model = merged_backbone(image, text, cfg, enable_vision, enable_text, enable_sam2_neck)
+    model = model.to(device)
     report = load_sam3_checkpoint(model, state, BACKBONE_PREFIX, source=str(path))
     roots = [p for p, on in ((VISION_TRUNK_PREFIX, image), (TEXT_PREFIX, text)) if on]
-    foreign = _foreign_keys(state, model, roots)
-    if foreign:
-        raise CheckpointError(
-            f"{path}: {len(foreign)} keys under the student parts that the students do not have, "
-            f"first: {foreign[:MAX_LISTED]}. Leftover teacher keys? Merge again with the Stage-1 "
-            "converters: they remove the whole teacher part a student replaces"
-        )
+    check_no_foreign_keys(state, model, BACKBONE_PREFIX, roots, path)
     model.load_report = report
     model.meta = meta
     return model.eval() if eval_mode else model
+
+
+def _students(
+    meta: dict,
+    path: Path,
+    image_student: str | None,
+    text_student: str | None,
+    enable_vision: bool = True,
+    enable_text: bool = True,
+) -> tuple[dict | None, dict | None]:
+    """The merged file's student records (``None`` where SAM3's part stays); at least one."""
+    image = student_entry(meta, "image", image_student, path) if enable_vision else None
+    text = student_entry(meta, "text", text_student, path) if enable_text else None
+    if image is None and text is None:
+        raise CheckpointError(
+            f"{path} names no student for the parts built (its meta has "
+            f"{sorted(meta.get('students') or {})}) — use the SAM3 builders for a plain SAM3 "
+            "checkpoint, or pass image_student=/text_student= for a merged file without meta"
+        )
+    return image, text
+
+
+def _no_heads_error(path: Path | str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} holds SAM3's backbone but not its detector heads (no geometry_encoder / "
+        "transformer / segmentation_head keys under 'detector.') — use a full sam3.pt, or merge "
+        "the students again into the full sam3.pt (the Stage-1 converters keep the heads)"
+    )
+
+
+def _load_image_model(
+    model: Sam3ImageModel, state: dict[str, Tensor], source: str, device: torch.device
+) -> LoadReport:
+    """Materialise ``model`` on ``device`` and load every built tensor from ``detector.*``."""
+    model.to_empty(device=device)
+    return load_sam3_checkpoint(model, state, DETECTOR_PREFIX, source=source)
+
+
+def build_sam3_image_model(
+    checkpoint_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    cfg: ImageModelConfig | None = None,
+    eval_mode: bool = True,
+) -> Sam3ImageModel:
+    """Build SAM3's image model (backbone + detector heads) and, given a checkpoint, load it.
+
+    Args:
+        checkpoint_path: a ``sam3.pt``-layout file. Every built tensor must be in it under
+            ``detector.``; what is not built (``sam2_convs``, ``tracker.*``) is reported by
+            prefix in ``model.load_report``. ``None`` keeps a random initialisation.
+        device: where the weights live.
+        cfg: architecture; by default read from the checkpoint's tensors (SAM3's when there
+            is no checkpoint).
+        eval_mode: return the model in ``eval()`` mode.
+    """
+    device = torch.device(device)
+    if checkpoint_path is None:
+        with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
+            model = _new_image_model(cfg or ImageModelConfig())
+        model.load_report = None
+        return model.eval() if eval_mode else model
+    state, _ = read_checkpoint(checkpoint_path)
+    return _sam3_image_model(state, str(checkpoint_path), device, cfg, eval_mode)
+
+
+def _new_image_model(cfg: ImageModelConfig) -> Sam3ImageModel:
+    """SAM3's image model at ``cfg`` with SAM3's preprocessing at the trunk's input size."""
+    preprocessing = {**SAM3_PREPROCESSING, "img_size": cfg.backbone.vit.img_size}
+    return Sam3ImageModel(build_vl_backbone(cfg.backbone), cfg.heads, preprocessing)
+
+
+def _sam3_image_model(
+    state: dict[str, Tensor],
+    source: str,
+    device: torch.device,
+    cfg: ImageModelConfig | None,
+    eval_mode: bool,
+) -> Sam3ImageModel:
+    if not any(k.startswith(DETECTOR_PREFIX) for k in state):
+        raise CheckpointError(
+            f"{source} is not a SAM3 checkpoint (no 'detector.*' keys) — pass sam3.pt or a "
+            "merged EfficientSAM3 checkpoint"
+        )
+    if not has_heads(state):
+        raise _no_heads_error(source)
+    cfg = cfg or infer_image_config(state)
+    with torch.device("meta"):  # no time spent on an initialisation that is overwritten
+        model = _new_image_model(cfg)
+    model.load_report = _load_image_model(model, state, source, device)
+    return model.eval() if eval_mode else model
+
+
+def build_efficientsam3_image_model(
+    checkpoint_path: str | Path,
+    device: torch.device | str = "cpu",
+    image_student: str | None = None,
+    text_student: str | None = None,
+    eval_mode: bool = True,
+) -> Sam3ImageModel:
+    """Build the image model of a merged checkpoint: its students (named in ``meta``) in SAM3's
+    place, SAM3's neck and heads from the same file; ``model.preprocessing`` is the one the
+    file records. ``image_student`` / ``text_student`` override the names in ``meta``.
+
+    Raises:
+        CheckpointError: no student named, a SAM3 part without the heads, a missing or
+            mismatched key, or leftover teacher keys under a student's part.
+    """
+    path = Path(checkpoint_path)
+    state, meta = read_checkpoint(path)
+    return _merged_image_model(
+        state, meta, path, torch.device(device), image_student, text_student, eval_mode
+    )
+
+
+def _merged_image_model(
+    state: dict[str, Tensor],
+    meta: dict,
+    path: Path,
+    device: torch.device,
+    image_student: str | None,
+    text_student: str | None,
+    eval_mode: bool,
+) -> Sam3ImageModel:
+    image, text = _students(meta, path, image_student, text_student)
+    if not has_heads(state):
+        raise _no_heads_error(path)
+    cfg = infer_image_config(state, vision=image is None, text=text is None)
+    backbone = merged_backbone(image, text, cfg.backbone)
+    with torch.device("meta"):
+        heads = Sam3ImageModel(_Placeholder(), cfg.heads, meta.get("preprocessing"))
+    heads.backbone = backbone
+    report = _load_image_model(heads, state, str(path), device)
+    roots = [p for p, on in ((VISION_TRUNK_PREFIX, image), (TEXT_PREFIX, text)) if on]
+    check_no_foreign_keys(state, heads, DETECTOR_PREFIX, roots, path)
+    heads.load_report = report
+    heads.meta = meta
+    return heads.eval() if eval_mode else heads
+
+
+class _Placeholder(nn.Module):
+    """Stands for the backbone while the heads are built on the meta device."""
+
+
+def load_image_model(
+    checkpoint_path: str | Path, device: torch.device | str = "cpu", eval_mode: bool = True
+) -> Sam3ImageModel:
+    """Open ``sam3.pt`` (or a reduced file of its layout) or a merged EfficientSAM3 checkpoint
+    and return its image model, loaded strictly; the file is read once."""
+    path = Path(checkpoint_path)
+    state, meta = read_checkpoint(path)
+    device = torch.device(device)
+    if meta.get("format") == MERGED_FORMAT or meta.get("students"):
+        return _merged_image_model(state, meta, path, device, None, None, eval_mode)
+    return _sam3_image_model(state, str(path), device, None, eval_mode)

@@ -1,14 +1,17 @@
-"""Parameter (and latency) report: SAM3's encoders vs the students that replace them.
+"""Parameter (and latency) report: SAM3's image model, the students, the merged models.
 
     PYTHONPATH=sam3 python stage1/compare_models.py --student all [--json]
         [--latency [--latency-repeats N] [--img-size S] [--no-teacher-latency] [--device D]]
 
-Every count comes from built modules (on the ``meta`` device: nothing is allocated). For each
-student it prints the backbone, the head (vision: the 1024-d conv head; text: the 256-d
-projector) and the total, the spec's published figure, the same figure recomputed with the rule
-the spec used (students.md §1-§4), and "% smaller" both as the spec computed it and for the
-whole student against the teacher part it replaces. Where our count and the published one differ
-it prints both and the reason.
+Every count comes from built modules (on the ``meta`` device: nothing is allocated; counting in
+:mod:`stage1.report_params`). For SAM3 it prints the spec's figures (vision, language,
+"decoder/heads", total) each as the sum of its parts, and its image model part by part. For each
+student: the backbone, the head (vision: the 1024-d conv head; text: the 256-d projector) and
+the total, the spec's published figure, the same figure recomputed with the rule the spec used
+(students.md §1-§4), and "% smaller" both as the spec computed it and for the whole student
+against the teacher part it replaces; where our count and the published one differ it prints
+both and the reason. Then every merged model (the students in SAM3's place, SAM3's neck convs
+and detector heads kept) with its total.
 """
 
 from __future__ import annotations
@@ -31,128 +34,23 @@ from torch import nn  # noqa: E402
 
 from sam3.backbones import (  # noqa: E402
     STUDENTS,
-    StudentInfo,
     UnknownStudentError,
     list_students,
     resolve_student,
 )
-from sam3.model.neck import DualViTDetNeck  # noqa: E402
 from sam3.model.text_encoder import VETextEncoder  # noqa: E402
 from sam3.model.vit import ViT, ViTConfig  # noqa: E402
-
-# The spec's teacher figures (README_stage1 "Parameter Analysis"), in millions.
-PUBLISHED_TEACHER_M = {"vision": 461.84, "text": 353.72}
-TOLERANCE_M = 0.005  # a count "matches" a published figure within half of its last digit
-
-
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def teacher_counts() -> dict[str, dict[str, int]]:
-    """SAM3's vision backbone (trunk + ``convs`` + ``sam2_convs``) and language backbone
-    (``encoder`` + ``resizer``), counted from modules built on the meta device."""
-    with torch.device("meta"):
-        neck = DualViTDetNeck(ViT(), d_model=256, add_sam2_neck=True)
-        text = VETextEncoder()
-    vision = {
-        "trunk": _params(neck.trunk),
-        "convs": _params(neck.convs),
-        "sam2_convs": _params(neck.sam2_convs),
-    }
-    language = {"encoder": _params(text.encoder), "resizer": _params(text.resizer)}
-    vision["total"] = sum(vision.values())
-    language["total"] = sum(language.values())
-    return {"vision": vision, "text": language}
-
-
-def _build_meta(info: StudentInfo, **kwargs: Any) -> nn.Module:
-    with torch.device("meta"):
-        return info.builder(**kwargs)
-
-
-def _rule_backbone(info: StudentInfo) -> int:
-    return _build_meta(info).backbone_params()
-
-
-def _rule_whole_ctx77(info: StudentInfo) -> int:
-    model = _build_meta(info, context_length=77)
-    return _params(model) + model.width**2
-
-
-def _rule_tower_ctx16(info: StudentInfo) -> int:
-    model = _build_meta(info, context_length=16)
-    return model.backbone_params() + model.width**2
-
-
-# How the spec counted each published figure (StudentInfo.published_rule): function, reason.
-PUBLISHED_RULES: dict[str, tuple[Callable[[StudentInfo], int], str]] = {
-    "backbone": (
-        _rule_backbone,
-        "backbone only (timm features_only, last stage); the 1024-d head is not counted",
-    ),
-    "whole_ctx77_with_projection_layer": (
-        _rule_whole_ctx77,
-        "whole student with a 77-row position table (we use 32) plus MobileCLIP's unused "
-        "width x width projection_layer, which our student does not keep",
-    ),
-    "tower_ctx16_with_projection_no_projector": (
-        _rule_tower_ctx16,
-        "text tower alone with a 16-row position table (we use 32) plus the unused 768 x 768 "
-        "projection, without the 256-d projector; the rule of S0/S1 would give 123.85M",
-    ),
-}
-
-
-def _pct_smaller(count: float, reference: float) -> float:
-    return 100.0 * (1.0 - count / reference)
-
-
-def student_report(info: StudentInfo, teacher: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """Counts, the published figures and their reconstruction for one student."""
-    model = _build_meta(info)
-    backbone, head = model.backbone_params(), model.head_params()
-    total = backbone + head
-    rule_fn, rule_reason = PUBLISHED_RULES[info.published_rule]
-    by_rule = rule_fn(info)
-    teacher_total = teacher[info.kind]["total"]
-    replaced = teacher["vision"]["trunk"] if info.kind == "vision" else teacher_total
-    pct_rule = _pct_smaller(by_rule, teacher_total)
-    pct_rounded = _pct_smaller(info.published_params_m, PUBLISHED_TEACHER_M[info.kind])
-    notes = []
-    if abs(by_rule / 1e6 - info.published_params_m) >= TOLERANCE_M:
-        notes.append(f"published {info.published_params_m}M not reproduced by {rule_reason}")
-    if by_rule != backbone and info.kind == "text":
-        notes.append(
-            f"published {info.published_params_m}M = {rule_reason} ({by_rule:,}); "
-            f"our tower {backbone:,} + projector {head:,} = {total:,}"
-        )
-    if f"{pct_rule:.2f}" != f"{info.published_smaller_pct:.2f}":
-        notes.append(
-            f"published {info.published_smaller_pct:.2f}% smaller; exact counts give "
-            f"{pct_rule:.4f}%, the rounded {info.published_params_m}M / "
-            f"{PUBLISHED_TEACHER_M[info.kind]}M give {pct_rounded:.4f}%"
-        )
-    return {
-        "name": info.name,
-        "zoo_name": info.zoo_name,
-        "label": info.label,
-        "kind": info.kind,
-        "backbone_params": backbone,
-        "head_params": head,
-        "total_params": total,
-        "published_params_m": info.published_params_m,
-        "published_rule": info.published_rule,
-        "params_by_published_rule": by_rule,
-        "published_reproduced": abs(by_rule / 1e6 - info.published_params_m) < TOLERANCE_M,
-        "published_smaller_pct": info.published_smaller_pct,
-        "smaller_pct_by_published_rule": pct_rule,
-        "replaces": "trunk" if info.kind == "vision" else "language backbone",
-        "replaced_params": replaced,
-        "total_smaller_pct_than_replaced": _pct_smaller(total, replaced),
-        "notes": notes,
-    }
-
+from stage1.report_params import (  # noqa: E402
+    PUBLISHED_TEACHER_M,
+    build_meta,
+    build_teacher,
+    format_merged,
+    format_teacher,
+    m,
+    merged_counts,
+    student_report,
+    teacher_counts,
+)
 
 # ---- latency -------------------------------------------------------------------------------
 
@@ -245,22 +143,9 @@ def latency_report(
 # ---- output --------------------------------------------------------------------------------
 
 
-def _m(count: int) -> str:
-    return f"{count / 1e6:.2f}M"
-
-
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable tables."""
-    t = report["teacher"]
-    v, x = t["vision"], t["text"]
-    lines = [
-        "SAM3 teacher (random weights, built on the meta device)",
-        f"  vision backbone   {_m(v['total'])} = trunk {_m(v['trunk'])} + convs "
-        f"{_m(v['convs'])} + sam2_convs {_m(v['sam2_convs'])}   (spec: 461.84M)",
-        f"  language backbone {_m(x['total'])} = encoder {_m(x['encoder'])} + resizer "
-        f"{_m(x['resizer'])}   (spec: 353.72M)",
-        "  decoder/heads (~45M) and the 860.06M total are not built here (no detector heads)",
-    ]
+    lines = format_teacher(report["teacher"])
     latency = report.get("latency")
     for kind, title in (("vision", "Vision students"), ("text", "Text students")):
         rows = [r for r in report["students"] if r["kind"] == kind]
@@ -278,9 +163,9 @@ def format_report(report: dict[str, Any]) -> str:
         for r in rows:
             mark = "=" if r["published_reproduced"] else "!"
             lines.append(
-                f"  {r['zoo_name']:8} {r['label']:16} {_m(r['backbone_params']):>9} "
-                f"{_m(r['head_params']):>7} {_m(r['total_params']):>8} "
-                f"{r['published_params_m']:>8.2f}M {_m(r['params_by_published_rule']):>7}{mark} "
+                f"  {r['zoo_name']:8} {r['label']:16} {m(r['backbone_params']):>9} "
+                f"{m(r['head_params']):>7} {m(r['total_params']):>8} "
+                f"{r['published_params_m']:>8.2f}M {m(r['params_by_published_rule']):>7}{mark} "
                 f"{r['smaller_pct_by_published_rule']:>9.2f}% "
                 f"{r['published_smaller_pct']:>6.2f}% "
                 f"{r['total_smaller_pct_than_replaced']:>17.2f}%"
@@ -304,6 +189,7 @@ def format_report(report: dict[str, Any]) -> str:
                 if row:
                     speed = f"  ({row['speedup']:.1f}x faster)" if "speedup" in row else ""
                     lines.append(f"    {r['zoo_name']:8} {row['seconds']:.3f} s{speed}")
+    lines += format_merged(report["merged"], report["teacher"]["image_model"])
     lines += [
         "",
         "'by rule': the published figure recomputed the way the spec counted it "
@@ -370,10 +256,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"--img-size {args.img_size}: SAM3's trunk needs a multiple of 336 (patch 14 x "
             "window 24); pick one (e.g. 336 or 1008) or pass --no-teacher-latency"
         )
-    teacher = teacher_counts()
+    model = build_teacher()
+    teacher = teacher_counts(model)
+    students = {n: build_meta(STUDENTS[n]) for n in args.student}
+    by_kind = {
+        kind: {n: s for n, s in students.items() if STUDENTS[n].kind == kind}
+        for kind in ("vision", "text")
+    }
     report: dict[str, Any] = {
         "teacher": teacher,
-        "students": [student_report(STUDENTS[n], teacher) for n in args.student],
+        "students": [student_report(STUDENTS[n], teacher, s) for n, s in students.items()],
+        "merged": merged_counts(model, by_kind["vision"], by_kind["text"]),
     }
     if args.latency:
         report["latency"] = latency_report(

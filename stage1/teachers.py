@@ -2,7 +2,9 @@
 
 The image teacher returns the trunk's last map ``[B, EMBED_DIM, EMBED_SIZE, EMBED_SIZE]``
 (before the neck: the students replace the trunk); the text teacher returns
-``language_features`` as ``[B, CONTEXT_LENGTH, 256]``.
+``language_features`` as ``[B, CONTEXT_LENGTH, 256]``. :func:`teacher_image_config` gives the
+whole image model of an architecture (backbone and detector heads), e.g. to save a reduced
+random teacher in ``sam3.pt``'s layout.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from sam3.arch import ImageModelConfig
 from sam3.checkpoint import SAM3_DOWNLOAD_HINT
+from sam3.model.heads_config import HeadsConfig
 from sam3.model.text_encoder import TextConfig
 from sam3.model.vit import ViTConfig
 from sam3.model_builder import BackboneConfig, build_sam3_backbone
@@ -75,6 +79,29 @@ TEACHER_ARCHS: dict[str, Callable[[int], BackboneConfig]] = {
     "sam3": _sam3_arch,
     "sam3_tiny": _sam3_tiny_arch,
 }
+
+# detector heads by MODEL.TEACHER_ARCH; sam3_tiny: one layer each, 50 queries, narrow FFNs (its
+# width stays the backbone's 256, and 8 attention heads as SAM3's rule d_model // 32 reads back)
+TEACHER_HEADS: dict[str, HeadsConfig] = {
+    "sam3": HeadsConfig(),
+    "sam3_tiny": HeadsConfig(
+        dim_feedforward=256,
+        geometry_layers=1,
+        encoder_layers=1,
+        decoder_layers=1,
+        num_queries=50,
+        scoring_hidden=256,
+    ),
+}
+
+
+def teacher_image_config(arch: str, img_size: int) -> ImageModelConfig:
+    """The whole image model (backbone + detector heads) of teacher ``arch`` at ``img_size``."""
+    if arch not in TEACHER_ARCHS:
+        raise TeacherError(
+            f"MODEL.TEACHER_ARCH {arch!r} is unknown — use one of {sorted(TEACHER_ARCHS)}"
+        )
+    return ImageModelConfig(backbone=TEACHER_ARCHS[arch](img_size), heads=TEACHER_HEADS[arch])
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 24, progress: bool = False) -> str:

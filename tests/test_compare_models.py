@@ -1,4 +1,8 @@
-"""stage1/compare_models.py: the spec's command runs and reproduces the spec's tables."""
+"""stage1/compare_models.py: the spec's command runs and reproduces the spec's tables.
+
+Expected counts are the documented ones (sam3_model.md §4-§5), or are recomputed here from
+modules built independently of the report code.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,34 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from sam3.backbones import list_students
-from stage1 import compare_models
+from sam3.arch import BackboneConfig
+from sam3.backbones import build_student, list_students
+from sam3.merged import merged_backbone
+from sam3.model_builder import build_sam3_image_model
+from stage1 import compare_models, report_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ["ES-RV-S", "ES-RV-M", "ES-RV-L", "ES-TV-S", "ES-TV-M", "ES-TV-L", "ES-EV-S", "ES-EV-M"]
 ZOO += ["ES-EV-L", "ES-MC-S", "ES-MC-M", "ES-MC-L"]
+
+# sam3_model.md §4: SAM3's default image model by sam3.pt prefix (under "detector.")
+HEADS = {
+    "geometry_encoder": 8_215_808,
+    "transformer.encoder": 9_472_512,
+    "transformer.decoder": 11_575_093,
+    "segmentation_head": 2_298_881,
+    "dot_prod_scoring": 1_182_976,
+}
+TRUNK, CONVS, SAM2_CONVS = 446_237_696, 7_802_112, 7_802_112
+TEXT_ENCODER, RESIZER = 353_462_272, 262_400
+IMAGE_MODEL = 840_509_750  # sam3_model.md §5: build_sam3_image_model()
+TRACKER = 11_743_362  # the interactive predictor, not built by the image model
+
+
+def _numel(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +68,38 @@ def test_spec_command_runs_from_the_repository_root():
     out = done.stdout
     assert "vision backbone   461.84M = trunk 446.24M + convs 7.80M + sam2_convs 7.80M" in out
     assert "language backbone 353.72M = encoder 353.46M + resizer 0.26M" in out
+    assert (
+        "decoder/heads      44.49M = heads 32.75M + inst_interactive_predictor 11.74M*   "
+        "(spec: ~45M)\n" in out
+    )
+    assert (
+        "total             860.06M = image model 840.51M + sam2_convs 7.80M + "
+        "inst_interactive_predictor 11.74M*   (spec: 860.06M)\n" in out
+    )
+    assert "  * inst_interactive_predictor 11,743,362: " in out
+    assert "not built here" not in out and "NOT reproduced" not in out
+    for line in (
+        "geometry_encoder                        8,215,808",
+        "transformer.encoder                     9,472,512",
+        "transformer.decoder                    11,575,093",
+        "segmentation_head                       2,298,881",
+        "dot_prod_scoring                        1,182,976",
+        "detector heads (the last five)         32,745,270",
+        "total                                 840,509,750  (840.51M)",
+        "ES-EV-S  SAM3        10.25M    353.72M   7.80M  32.75M  404.53M     51.87%",
+        "SAM3     ES-MC-S     42.29M    446.24M   7.80M  32.75M  529.07M     37.05%",
+        "ES-EV-S     93.09M (88.92%)   114.08M (86.43%)   174.02M (79.30%)",
+    ):
+        assert f"\n  {line}\n" in out, line
     for zoo in ZOO:
         assert zoo in out
-    rows = [line for line in out.splitlines() if line.strip().split(" ")[0] in ZOO]
-    assert len(rows) == 12 and all("=" in row and "!" not in row for row in rows)
+    lines = [(line.split() or [""], line) for line in out.splitlines()]
+    rows = [line for w, line in lines if w[0] in ZOO and line.count("%") == 3 and "%)" not in line]
+    assert len(rows) == 12 and all("M=" in row and "!" not in row for row in rows)
+    merged = [words[:2] for words, _ in lines if "SAM3" in words[:2] and set(words[:2]) & set(ZOO)]
+    assert len(merged) == 12
+    pairs = [line for words, line in lines if words[0] in ZOO and line.count("%)") == 3]
+    assert len(pairs) == 9
 
 
 def test_json_report_reproduces_the_published_figures(report):
@@ -84,11 +137,77 @@ def test_json_report_reproduces_the_published_figures(report):
     }
 
 
+def test_teacher_counts_come_from_the_built_image_model(report):
+    teacher = report[0]["teacher"]
+    assert teacher["parts"] == {
+        "backbone.vision_backbone.trunk": TRUNK,
+        "backbone.vision_backbone.convs": CONVS,
+        "backbone.vision_backbone.sam2_convs": SAM2_CONVS,
+        "backbone.language_backbone.encoder": TEXT_ENCODER,
+        "backbone.language_backbone.resizer": RESIZER,
+        **HEADS,
+    }
+    assert teacher["heads"] == {**HEADS, "total": 32_745_270}
+    assert teacher["image_model"] == IMAGE_MODEL and teacher["unassigned"] == 0
+    assert teacher["not_built"]["inst_interactive_predictor"]["count"] == TRACKER
+    figures = {f["label"]: (f["count"], f["reproduced"]) for f in teacher["spec_figures"]}
+    assert figures == {
+        "vision backbone": (461_841_920, True),
+        "language backbone": (353_724_672, True),
+        "decoder/heads": (44_488_632, True),
+        "total": (860_055_224, True),
+    }
+    # the same counts straight from the builder, without the report code
+    model = build_sam3_image_model(device="meta")
+    assert _numel(model) == IMAGE_MODEL
+    assert {name: _numel(model.get_submodule(name)) for name in HEADS} == HEADS
+    assert _numel(model.backbone.vision_backbone) == TRUNK + CONVS
+    assert _numel(model.backbone.language_backbone) == TEXT_ENCODER + RESIZER
+
+
+def test_spec_figure_reproduction_rule():
+    approx = report_params.SpecFigure("heads", 45.0, True, ("a",))
+    exact = report_params.SpecFigure("total", 860.06, False, ("a",))
+    assert report_params.spec_figure(approx, {"a": 44_488_632})["reproduced"]
+    assert not report_params.spec_figure(approx, {"a": 43_900_000})["reproduced"]
+    assert report_params.spec_figure(exact, {"a": 860_055_224})["reproduced"]
+    assert not report_params.spec_figure(exact, {"a": 860_050_000})["reproduced"]
+
+
+def test_each_merged_total_is_the_students_plus_sam3s_kept_parts(report):
+    rows = {(r["image"], r["text"]): r for r in report[0]["merged"]}
+    vision, text = list_students("vision"), list_students("text")
+    expected = [(v, None) for v in vision] + [(None, t) for t in text]
+    expected += [(v, t) for v in vision for t in text]
+    assert list(rows) == expected
+    with torch.device("meta"):
+        student = {name: _numel(build_student(name)) for name in vision + text}
+    heads = sum(HEADS.values())
+    for (image, caption), row in rows.items():
+        students = (student[image] if image else 0) + (student[caption] if caption else 0)
+        kept = (0 if image else TRUNK) + (0 if caption else TEXT_ENCODER + RESIZER)
+        assert row["total"] == students + kept + CONVS + heads, (image, caption)
+        assert (row["students"], row["sam3_encoders_kept"]) == (students, kept)
+        assert (row["convs"], row["heads"], row["unassigned"]) == (CONVS, heads, 0)
+        pct = 100 * (1 - row["total"] / IMAGE_MODEL)
+        assert row["smaller_pct_than_sam3"] == pytest.approx(pct)
+
+
+def test_merged_backbone_of_sam3_merged_gives_the_same_total(report):
+    rows = {(r["image"], r["text"]): r for r in report[0]["merged"]}
+    for image, caption in (("efficientvit_b0", "MobileCLIP-S0"), ("tiny_vit_21m", "MobileCLIP2-L")):
+        with torch.device("meta"):
+            backbone = merged_backbone({"name": image}, {"name": caption}, BackboneConfig())
+        total = _numel(backbone) + sum(HEADS.values())
+        assert rows[(image, caption)]["total"] == total
+
+
 def test_one_student_by_zoo_name(capsys):
     compare_models.main(["--student", "ES-EV-S"])
     out = capsys.readouterr().out
     assert "ES-EV-S  EfficientViT-B0" in out and "ES-RV-S" not in out
-    assert "Text students" not in out
+    assert "Text students" not in out and "both students" not in out
+    assert "\n  ES-EV-S  SAM3        10.25M    353.72M" in out
 
 
 def test_student_latency_without_teacher(capsys):

@@ -85,3 +85,50 @@ def test_default_build_reports_sam2_neck_and_text_only_build_reports_vision(sam3
     text_only = build_sam3_backbone(path, enable_vision=False).load_report
     assert text_only.unused["detector.backbone.vision_backbone"] == 420 + 44
     assert text_only.loaded == 295
+
+
+def test_our_image_model_has_exactly_sam3s_detector_keys(sam3_keys):
+    from sam3.model_builder import DETECTOR_PREFIX, build_sam3_image_model
+
+    model = build_sam3_image_model(device="meta")
+    ours = {DETECTOR_PREFIX + k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = {
+        k: v
+        for k, v in sam3_keys["shapes"].items()
+        if k.startswith(DETECTOR_PREFIX) and ".sam2_convs." not in k
+    }
+    assert ours == theirs
+    assert len(ours) == 1156 - 22
+    assert sum(p.numel() for p in model.parameters()) == 840_509_750
+
+
+def test_full_file_loads_into_the_image_model(sam3_file):
+    from sam3.model_builder import build_sam3_image_model
+
+    path, state = sam3_file
+    model = build_sam3_image_model(path)
+    report = model.load_report
+    assert report.loaded == 1134
+    unused = dict(report.unused)
+    assert unused.pop("detector.backbone.vision_backbone.sam2_convs") == 22
+    assert all(group.startswith("tracker.") for group in unused)  # reported, never dropped
+    assert sum(unused.values()) == 309
+    own = model.state_dict()
+    for key in (
+        "geometry_encoder.boxes_pool_project.weight",
+        "transformer.decoder.boxRPB_embed_y.layers.1.bias",
+        "segmentation_head.pixel_decoder.conv_layers.2.weight",
+        "dot_prod_scoring.prompt_mlp.out_norm.weight",
+    ):
+        assert torch.equal(own[key], state["detector." + key].expand_as(own[key])), key
+
+
+def test_backbone_only_file_is_refused_with_a_clear_error(sam3_file, tmp_path):
+    from sam3.checkpoint import CheckpointError
+    from sam3.model_builder import build_sam3_image_model
+
+    _, state = sam3_file
+    path = tmp_path / "backbone_only.pt"
+    torch.save({k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}, path)
+    with pytest.raises(CheckpointError, match="not its detector heads"):
+        build_sam3_image_model(path)

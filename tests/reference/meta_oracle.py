@@ -35,6 +35,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from prepare_oracle import PINS, oracle_site  # noqa: E402
 from seeded_init import seeded_input, seeded_state  # noqa: E402
 
 PREPARE_HINT = "python tests/reference/prepare_oracle.py"
+_PLAIN_KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 
@@ -464,6 +466,26 @@ JOBS: dict[str, Callable[[SimpleNamespace, dict[str, Any]], dict[str, Any]]] = {
     "tokenizer": run_tokenizer,
     "keys": run_keys,
 }
+# Further kinds live in their own modules beside this one: ``meta_job_<kind>.py`` with a
+# ``run(meta, job) -> dict`` function (imported only when such a job runs).
+JOB_MODULE_PREFIX = "meta_job_"
+
+
+def find_job(kind: str) -> Callable[[SimpleNamespace, dict[str, Any]], dict[str, Any]] | None:
+    """What runs ``kind``: built in, or ``meta_job_<kind>.run``; ``None`` if neither."""
+    if kind in JOBS:
+        return JOBS[kind]
+    if not isinstance(kind, str) or not _PLAIN_KIND.match(kind):
+        return None
+    if not (HERE / f"{JOB_MODULE_PREFIX}{kind}.py").is_file():
+        return None
+    return lambda meta, job: importlib.import_module(f"{JOB_MODULE_PREFIX}{kind}").run(meta, job)
+
+
+def known_kinds() -> list[str]:
+    """Every job kind this oracle runs."""
+    plugins = [p.stem[len(JOB_MODULE_PREFIX) :] for p in HERE.glob(f"{JOB_MODULE_PREFIX}*.py")]
+    return sorted([*JOBS, *plugins])
 
 
 def save_atomic(obj: dict[str, Any], out_path: Path) -> None:
@@ -483,8 +505,9 @@ def main(argv: list[str]) -> int:
         job = json.loads(job_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         fail(f"cannot read job file {job_path}: {err}")
-    if not isinstance(job, dict) or job.get("kind") not in JOBS:
-        fail(f"job must be a JSON object with kind in {sorted(JOBS)}, got {job!r:.200}")
+    run_job = find_job(job.get("kind")) if isinstance(job, dict) else None
+    if run_job is None:
+        fail(f"job must be a JSON object with kind in {known_kinds()}, got {job!r:.200}")
     # Cheap parameter checks first, before the slow import of Meta's package.
     required = {"vision": VISION_PARAMS, "text": TEXT_PARAMS, "tokenizer": TOKENIZER_PARAMS}
     require(job, required.get(job["kind"], ()))
@@ -492,7 +515,7 @@ def main(argv: list[str]) -> int:
         check_vision_params(job)
     meta = import_meta()
     start = time.perf_counter()
-    result = JOBS[job["kind"]](meta, job)
+    result = run_job(meta, job)
     print(
         f"meta_oracle: {job['kind']} job done in {time.perf_counter() - start:.1f}s "
         f"with {meta.sam3_file}",

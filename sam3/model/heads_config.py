@@ -1,0 +1,21 @@
+"""Architecture of SAM3's detector heads (geometry encoder to segmentation head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Sizes of everything after the backbone; the defaults are SAM3's (``sam3.pt``)."""
+
+    d_model: int = 256  # width of every head; equals the neck's and the text resizer's output
+    num_heads: int = 8  # attention heads in every head's attention
+    dim_feedforward: int = 2048  # hidden width of the transformer FFNs
+    geometry_layers: int = 3  # geometry (box/point prompt) encoder layers
+    encoder_layers: int = 6  # fusion encoder layers (image tokens attend to the prompt)
+    decoder_layers: int = 6  # decoder layers
+    num_queries: int = 200  # object queries of the decoder
+    scoring_hidden: int = 2048  # hidden width of the dot-product scorer's prompt MLP
+    roi_size: int = 7  # roi_align output size for box prompts (and boxes_pool_project kernel)
+    pixel_decoder_stages: int = 3  # conv/norm pairs built in the pixel decoder (2 are used)

@@ -1,0 +1,209 @@
+"""SAM3's segmentation head: prompt-aware pixel decoder and per-query mask logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .heads_config import HeadsConfig
+from .mlp import MLP
+
+GROUPS = 8  # GroupNorm groups of the pixel decoder
+
+
+def upsample_add(skip: Tensor, x: Tensor) -> Tensor:
+    """``skip + nearest_upsample(x, skip's size)``, broadcasting over the batch.
+
+    An exact 2x step (SAM3's pyramid) is one broadcast add with no upsampled temporary;
+    nearest interpolation to twice the size repeats every pixel 2x2, so it is bit-identical.
+    """
+    h, w = x.shape[-2:]
+    if tuple(skip.shape[-2:]) != (2 * h, 2 * w):
+        return skip + F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+    c = x.shape[1]
+    grid = skip.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))  # [b, c, h, 2, w, 2]
+    out = grid + x[:, :, :, None, :, None]
+    return out.reshape(out.shape[0], c, 2 * h, 2 * w)
+
+
+# Nearest 2x upsampling followed by a 3x3 conv (padding 1) equals, for each output phase (row
+# parity, column parity), a 2x2 conv of the low-resolution map whose taps are sums of the 3x3
+# taps that read the same low-resolution pixel: rows (0 | 1+2) for even outputs, (0+1 | 2) for
+# odd ones, likewise for columns. 4 taps instead of 9 per output pixel.
+_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def phase_kernels(weight: Tensor) -> Tensor:
+    """A 3x3 conv weight ``[O, I, 3, 3]`` -> the four 2x2 phase kernels ``[4 O, I, 2, 2]``,
+    ordered (row parity, column parity) = 00, 01, 10, 11."""
+    taps = torch.tensor(_PHASE_TAPS, dtype=weight.dtype, device=weight.device)  # [p, 2, 3]
+    kernels = torch.einsum("pay,oiyx,qbx->pqoiab", taps, weight, taps)
+    return kernels.reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
+
+
+def shared_conv_upsample_add(skip_conv: Tensor, x: Tensor, weight: Tensor) -> Tensor:
+    """``conv(skip + nearest_up2(x))`` from ``skip_conv = conv(skip)`` (bias included, computed
+    once for a skip map that every batch entry shares) and ``x [P, C, h, w]``:
+    ``[P, C, 2h, 2w]``, by linearity of the conv and the 2x2 phase kernels."""
+    p, c, h, w = x.shape
+    phases = F.conv2d(x, phase_kernels(weight), padding=1).unflatten(1, (2, 2, c))
+    base = skip_conv.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))  # [1, C, h, 2, w, 2]
+    out = x.new_empty(p, c, h, 2, w, 2)
+    for py in (0, 1):
+        for px in (0, 1):
+            torch.add(
+                base[:, :, :, py, :, px],
+                phases[:, py, px, :, py : py + h, px : px + w],
+                out=out[:, :, :, py, :, px],
+            )
+    return out.view(p, c, 2 * h, 2 * w)
+
+
+def _one_image(skip: Tensor) -> Tensor | None:
+    """``skip``'s single image ``[1, ...]`` if every batch entry shows the same one (batch 1 or
+    a stride-0 expanded view), else ``None``."""
+    if skip.shape[0] == 1:
+        return skip
+    return skip[:1] if skip.stride(0) == 0 else None
+
+
+class PixelDecoder(nn.Module):
+    """FPN-style top-down decoder: per finer level, upsample + add the skip, 3x3 conv,
+    GroupNorm(8), ReLU. ``conv_layers``/``norms`` hold ``stages`` pairs; a pyramid of ``n``
+    maps uses the first ``n - 1`` (SAM3 builds 3 and uses 2)."""
+
+    def __init__(self, d_model: int, stages: int):
+        super().__init__()
+        if d_model % GROUPS:
+            raise ValueError(f"d_model must be divisible by {GROUPS} (GroupNorm), got {d_model}")
+        self.conv_layers = nn.ModuleList(
+            nn.Conv2d(d_model, d_model, 3, padding=1) for _ in range(stages)
+        )
+        self.norms = nn.ModuleList(nn.GroupNorm(GROUPS, d_model) for _ in range(stages))
+
+    def forward(self, feats: list[Tensor]) -> Tensor:
+        """``feats`` fine to coarse (``[B|1, C, 2^k H, 2^k W]`` ... ``[B, C, H, W]``) -> the
+        finest-resolution embedding ``[B, C, 2^k H, 2^k W]``."""
+        if not 2 <= len(feats) <= len(self.conv_layers) + 1:
+            raise ValueError(f"need 2..{len(self.conv_layers) + 1} maps, got {len(feats)}")
+        x = feats[-1]
+        for i, skip in enumerate(reversed(feats[:-1])):
+            conv = self.conv_layers[i]
+            image = _one_image(skip)
+            exact_2x = tuple(skip.shape[-2:]) == (2 * x.shape[-2], 2 * x.shape[-1])
+            if image is not None and x.shape[0] > 1 and exact_2x:
+                # Several prompts on one image: convolve the image's skip map once.
+                x = shared_conv_upsample_add(conv(image), x, conv.weight)
+            else:
+                x = conv(upsample_add(skip, x))
+            x = F.relu_(self.norms[i](x))
+        return x
+
+
+class MaskPredictor(nn.Module):
+    """Holds ``mask_embed``, the 3-layer MLP that turns object queries into mask kernels."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.mask_embed = MLP(d_model, d_model, d_model, 3)
+
+    def forward(self, queries: Tensor) -> Tensor:
+        """``[..., C]`` queries -> ``[..., C]`` mask kernels."""
+        return self.mask_embed(queries)
+
+
+class SegmentationHead(nn.Module):
+    """SAM3's ``UniversalSegmentationHead`` as its text/box-prompted path runs it (eval).
+
+    The encoder's image tokens first cross-attend to the prompt (pre-norm, residual) and
+    replace the coarsest pyramid level; the pixel decoder upsamples them to the finest level;
+    ``instance_seg_head`` (1x1 conv) and the query kernels give the mask logits, and
+    ``semantic_seg_head`` (1x1 conv) one semantic logit map. Parameter names follow
+    ``sam3.pt``'s ``detector.segmentation_head.*``.
+    """
+
+    def __init__(self, cfg: HeadsConfig | None = None):
+        super().__init__()
+        cfg = cfg or HeadsConfig()
+        d = cfg.d_model
+        self.pixel_decoder = PixelDecoder(d, cfg.pixel_decoder_stages)
+        self.mask_predictor = MaskPredictor(d)
+        self.cross_attend_prompt = nn.MultiheadAttention(d, cfg.num_heads, dropout=0.0)
+        self.cross_attn_norm = nn.LayerNorm(d)
+        self.semantic_seg_head = nn.Conv2d(d, 1, kernel_size=1)
+        self.instance_seg_head = nn.Conv2d(d, d, kernel_size=1)
+
+    def pixel_embed(
+        self,
+        backbone_fpn: list[Tensor],
+        encoder_hidden_states: Tensor,
+        prompt: Tensor,
+        prompt_mask: Tensor,
+    ) -> Tensor:
+        """The pixel decoder's output ``[B, C, 4H, 4W]``, shared by every query.
+
+        ``backbone_fpn``: fine-to-coarse maps ``[B|1, C, 4H, 4W], [B|1, C, 2H, 2W],
+        [B|1, C, H, W]`` (views, e.g. one image expanded over ``B`` prompts, are fine; the
+        coarsest is only used for its size); ``encoder_hidden_states [HW(+extra), B, C]``;
+        ``prompt [S, B, C]``; ``prompt_mask [B, S]`` (True = padding).
+        """
+        enc = encoder_hidden_states
+        attended = self.cross_attend_prompt(
+            self.cross_attn_norm(enc),
+            prompt,
+            prompt,
+            key_padding_mask=prompt_mask,
+            need_weights=False,
+        )[0]
+        enc = enc + attended
+        h, w = backbone_fpn[-1].shape[-2:]
+        coarse = enc[: h * w].permute(1, 2, 0).unflatten(-1, (h, w))  # [B, C, H, W] view
+        return self.pixel_decoder([*backbone_fpn[:-1], coarse])
+
+    def mask_logits(
+        self, pixel_embed: Tensor, queries: Tensor, query_index: Tensor | None = None
+    ) -> Tensor:
+        """Mask logits ``[B, Q, 4H, 4W]`` of ``queries [B, Q, C]``, or ``[B, K, 4H, 4W]`` of
+        the queries picked by ``query_index`` (long ``[K]`` for every batch entry, or ``[B, K]``).
+        """
+        if query_index is not None:
+            if query_index.dim() == 1:
+                queries = queries[:, query_index]
+            else:
+                index = query_index[..., None].expand(-1, -1, queries.shape[-1])
+                queries = torch.gather(queries, 1, index)
+        kernels = self.mask_predictor(queries)  # [B, K, C]
+        # The 1x1 instance conv is folded into the kernels (linear maps commute), so the
+        # full-resolution [B, C, 4H, 4W] instance embedding is never built.
+        weight = self.instance_seg_head.weight.flatten(1)  # [C_out, C_in]
+        bias = kernels @ self.instance_seg_head.bias  # [B, K]
+        b, c, hh, ww = pixel_embed.shape
+        logits = torch.baddbmm(bias[..., None], kernels @ weight, pixel_embed.reshape(b, c, -1))
+        return logits.unflatten(-1, (hh, ww))
+
+    def semantic_logits(self, pixel_embed: Tensor) -> Tensor:
+        """The semantic segmentation logits ``[B, 1, 4H, 4W]``."""
+        return self.semantic_seg_head(pixel_embed)
+
+    def forward(
+        self,
+        backbone_fpn: list[Tensor],
+        queries: Tensor,
+        encoder_hidden_states: Tensor,
+        prompt: Tensor,
+        prompt_mask: Tensor,
+        query_index: Tensor | None = None,
+        semantic: bool = True,
+    ) -> dict[str, Tensor]:
+        """``pred_masks [B, Q|K, 4H, 4W]`` and (if ``semantic``) ``semantic_seg [B, 1, 4H, 4W]``.
+
+        ``queries [B, Q, C]`` is the last decoder layer's output, batch first; ``query_index``
+        restricts the masks to some queries (see :meth:`mask_logits`); other arguments as in
+        :meth:`pixel_embed`.
+        """
+        pixels = self.pixel_embed(backbone_fpn, encoder_hidden_states, prompt, prompt_mask)
+        out = {"pred_masks": self.mask_logits(pixels, queries, query_index)}
+        if semantic:
+            out["semantic_seg"] = self.semantic_logits(pixels)
+        return out

@@ -1,0 +1,344 @@
+"""Oracle job ``grounding``: Meta's whole image model, text and box prompts, every stage dumped.
+
+Job parameters:
+
+* ``size``: ``"full"`` (``build_sam3_image_model``'s SAM3) or ``"reduced"``, which builds the
+  same classes with the job's ``vision`` (as the ``vision`` job), ``text`` (``width, heads,
+  layers``) and ``heads`` (``d_model, num_heads, dim_feedforward, geometry_layers,
+  encoder_layers, decoder_layers, num_queries, scoring_hidden``) sizes.
+* ``seed``; ``images``: photo paths (read as RGB; preprocessed as Meta's ``Sam3Processor``
+  does) and/or ``input_seed`` for one seeded input; ``captions``.
+* ``cases``: a list of ``{"image": i, "text": caption or null, "boxes": [[cx, cy, w, h], ...],
+  "labels": [0/1, ...]}``; a null text uses Meta's dummy caption ``"visual"``.
+* ``processor`` (optional): ``{"image": i, "case": k, "threshold": t}`` runs
+  ``Sam3Processor`` on that photo at its original size for case ``k``.
+
+Returns, per image ``i``: ``image.{i}.input``, ``image.{i}.fpn.{l}``, ``image.{i}.pos.{l}``;
+per case ``k``: ``case.{k}.language_features`` / ``language_mask``, ``prompt``,
+``prompt_mask``, ``memory``, ``hs``, ``reference_boxes``, ``presence`` (the decoder's own
+outputs), and ``pred_logits``, ``pred_boxes``, ``pred_boxes_xyxy``, ``pred_masks``,
+``presence_logit_dec``, ``semantic_seg``, ``queries``, ``encoder_hidden_states``;
+``processor.{boxes, scores, masks, masks_logits}`` when asked; ``state_keys`` (key -> shape).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from meta_oracle import build_meta_trunk, fail, log_phase, resolve_bpe_path
+from seeded_init import seeded_input, seeded_state
+
+
+def _mha(d: int, heads: int, batch_first: bool) -> nn.Module:
+    from sam3.model.model_misc import MultiheadAttentionWrapper
+
+    return MultiheadAttentionWrapper(
+        embed_dim=d, num_heads=heads, dropout=0.0, batch_first=batch_first
+    )
+
+
+def _reduced_model(meta: Any, job: dict[str, Any]) -> nn.Module:
+    """Meta's Sam3Image from its own classes, at the job's sizes (otherwise SAM3's flags)."""
+    from sam3.model import (
+        decoder,
+        encoder,
+        geometry_encoders,
+        maskformer_segmentation,
+        model_misc,
+        sam3_image,
+    )
+
+    vision, text, h = job["vision"], job["text"], job["heads"]
+    d, nh, ff = int(h["d_model"]), int(h["num_heads"]), int(h["dim_feedforward"])
+    pos = lambda: meta.PositionEmbeddingSine(  # noqa: E731
+        num_pos_feats=d, normalize=True, scale=None, temperature=10000
+    )
+    neck = meta.Sam3DualViTDetNeck(
+        trunk=build_meta_trunk(meta, vision),
+        position_encoding=pos(),
+        d_model=d,
+        scale_factors=[4.0, 2.0, 1.0, 0.5],
+        add_sam2_neck=False,
+    )
+    tokenizer = meta.SimpleTokenizer(bpe_path=resolve_bpe_path(job))
+    text_encoder = meta.VETextEncoder(
+        d_model=d,
+        tokenizer=tokenizer,
+        width=int(text["width"]),
+        heads=int(text["heads"]),
+        layers=int(text["layers"]),
+    )
+    backbone = meta.SAM3VLBackbone(visual=neck, text=text_encoder, scalp=1)
+
+    def enc_layer(batch_first: bool, geometry: bool) -> nn.Module:
+        return encoder.TransformerEncoderLayer(
+            activation="relu",
+            d_model=d,
+            dim_feedforward=ff,
+            dropout=0.0,
+            pos_enc_at_attn=not geometry,
+            pos_enc_at_cross_attn_keys=geometry,
+            pos_enc_at_cross_attn_queries=False,
+            pre_norm=True,
+            self_attention=_mha(d, nh, batch_first),
+            cross_attention=_mha(d, nh, batch_first),
+        )
+
+    fusion = encoder.TransformerEncoderFusion(
+        layer=enc_layer(True, False),
+        num_layers=int(h["encoder_layers"]),
+        d_model=d,
+        num_feature_levels=1,
+        frozen=False,
+        use_act_checkpoint=False,
+        add_pooled_text_to_img_feat=False,
+        pool_text_with_mask=True,
+    )
+    dec_layer = decoder.TransformerDecoderLayer(
+        activation="relu",
+        d_model=d,
+        dim_feedforward=ff,
+        dropout=0.0,
+        cross_attention=_mha(d, nh, False),
+        n_heads=nh,
+        use_text_cross_attention=True,
+    )
+    dec = decoder.TransformerDecoder(
+        layer=dec_layer,
+        num_layers=int(h["decoder_layers"]),
+        num_queries=int(h["num_queries"]),
+        return_intermediate=True,
+        box_refine=True,
+        num_o2m_queries=0,
+        dac=True,
+        boxRPB="log",
+        d_model=d,
+        frozen=False,
+        interaction_layer=None,
+        dac_use_selfatt_ln=True,
+        resolution=int(vision["img_size"]),
+        stride=int(vision["patch_size"]),
+        use_act_checkpoint=False,
+        presence_token=True,
+    )
+    transformer = model_misc.TransformerWrapper(encoder=fusion, decoder=dec, d_model=d)
+    scoring = model_misc.DotProductScoring(
+        d_model=d,
+        d_proj=d,
+        prompt_mlp=model_misc.MLP(
+            input_dim=d,
+            hidden_dim=int(h["scoring_hidden"]),
+            output_dim=d,
+            num_layers=2,
+            dropout=0.0,
+            residual=True,
+            out_norm=nn.LayerNorm(d),
+        ),
+    )
+    seg = maskformer_segmentation.UniversalSegmentationHead(
+        hidden_dim=d,
+        upsampling_stages=3,
+        aux_masks=False,
+        presence_head=False,
+        dot_product_scorer=None,
+        act_ckpt=False,
+        cross_attend_prompt=_mha(d, nh, False),
+        pixel_decoder=maskformer_segmentation.PixelDecoder(
+            num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=d
+        ),
+    )
+    geometry = geometry_encoders.SequenceGeometryEncoder(
+        pos_enc=pos(),
+        encode_boxes_as_points=False,
+        points_direct_project=True,
+        points_pool=True,
+        points_pos_enc=True,
+        boxes_direct_project=True,
+        boxes_pool=True,
+        boxes_pos_enc=True,
+        d_model=d,
+        num_layers=int(h["geometry_layers"]),
+        layer=enc_layer(False, True),
+        use_act_ckpt=False,
+        add_cls=True,
+        add_post_encode_proj=True,
+    )
+    return sam3_image.Sam3Image(
+        backbone=backbone,
+        transformer=transformer,
+        input_geometry_encoder=geometry,
+        segmentation_head=seg,
+        num_feature_levels=1,
+        o2m_mask_predict=True,
+        dot_prod_scoring=scoring,
+        use_instance_query=False,
+        multimask_output=True,
+        inst_interactive_predictor=None,
+        matcher=None,
+    )
+
+
+def _full_model(meta: Any, job: dict[str, Any]) -> nn.Module:
+    return meta.build_sam3_image_model(
+        bpe_path=resolve_bpe_path(job),
+        device="cpu",
+        load_from_HF=False,
+        checkpoint_path=None,
+        enable_segmentation=True,
+        enable_inst_interactivity=False,
+        compile=False,
+    )
+
+
+def _transform(resolution: int) -> Any:
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToDtype(torch.uint8, scale=True),
+            v2.Resize(size=(resolution, resolution)),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
+        ]
+    )
+
+
+def _inputs(job: dict[str, Any], resolution: int) -> list[torch.Tensor]:
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    images = []
+    for path in job.get("images", []):
+        with Image.open(path) as im:
+            images.append(_transform(resolution)(v2.functional.to_image(im.convert("RGB"))))
+    if "input_seed" in job:
+        images.append(seeded_input([3, resolution, resolution], int(job["input_seed"])))
+    if not images:
+        fail("grounding job needs images or input_seed")
+    return [x.unsqueeze(0) for x in images]
+
+
+def _prompt(case: dict[str, Any]) -> Any:
+    from sam3.model.geometry_encoders import Prompt
+
+    boxes = torch.tensor(case.get("boxes", []), dtype=torch.float32).view(-1, 1, 4)
+    labels = torch.tensor(case.get("labels", []), dtype=torch.bool).view(-1, 1)
+    prompt = Prompt(box_embeddings=torch.zeros(0, 1, 4), box_mask=torch.zeros(1, 0).bool())
+    if len(boxes):
+        prompt.append_boxes(boxes, labels)
+    return prompt
+
+
+def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """Build, seed, run every case; see the module docstring for the result's keys."""
+    from sam3.model.data_misc import FindStage
+
+    clock = time.perf_counter()
+    torch.manual_seed(int(job["seed"]))
+    full = job.get("size") == "full"
+    model = (_full_model if full else _reduced_model)(meta, job).eval()
+    clock = log_phase("build", clock)
+    seeded_state(model, int(job["seed"]))
+    clock = log_phase("seed", clock)
+    resolution = 1008 if full else int(job["vision"]["img_size"])
+    result: dict[str, Any] = {
+        "state_keys": {k: list(v.shape) for k, v in model.state_dict().items()}
+    }
+    captured: dict[str, Any] = {}
+    dec_forward = model.transformer.decoder.forward
+
+    def capture_decoder(*args: Any, **kwargs: Any) -> Any:
+        captured["decoder"] = dec_forward(*args, **kwargs)
+        return captured["decoder"]
+
+    model.transformer.decoder.forward = capture_decoder
+    find = FindStage(
+        img_ids=torch.tensor([0]),
+        text_ids=torch.tensor([0]),
+        input_boxes=None,
+        input_boxes_mask=None,
+        input_boxes_label=None,
+        input_points=None,
+        input_points_mask=None,
+    )
+    inputs = _inputs(job, resolution)
+    with torch.inference_mode():
+        backbone = []
+        for i, x in enumerate(inputs):
+            out = model.backbone.forward_image(x)
+            backbone.append(out)
+            result[f"image.{i}.input"] = x
+            for level, (f, p) in enumerate(zip(out["backbone_fpn"], out["vision_pos_enc"])):
+                result[f"image.{i}.fpn.{level}"] = f
+                result[f"image.{i}.pos.{level}"] = p
+        clock = log_phase("forward_image", clock)
+        for k, case in enumerate(job["cases"]):
+            caption = case.get("text") or "visual"
+            state = dict(backbone[int(case["image"])])
+            state.update(model.backbone.forward_text([caption], device="cpu"))
+            out = model.forward_grounding(
+                backbone_out=state,
+                find_input=find,
+                find_target=None,
+                geometric_prompt=_prompt(case),
+            )
+            enc = out["prev_encoder_out"]["encoder_out"]
+            hs, ref, presence, _ = captured["decoder"]
+            tag = f"case.{k}."
+            result.update(
+                {
+                    tag + "language_features": state["language_features"],
+                    tag + "language_mask": state["language_mask"],
+                    tag + "prompt": enc["prompt_before_enc"],
+                    tag + "prompt_mask": enc["prompt_mask"],
+                    tag + "memory": enc["encoder_hidden_states"],
+                    tag + "hs": hs,
+                    tag + "reference_boxes": ref,
+                    tag + "presence": presence,
+                }
+            )
+            for name in (
+                "pred_logits",
+                "pred_boxes",
+                "pred_boxes_xyxy",
+                "pred_masks",
+                "presence_logit_dec",
+                "semantic_seg",
+                "queries",
+                "encoder_hidden_states",
+            ):
+                result[tag + name] = out[name]
+        clock = log_phase("grounding", clock)
+        if job.get("processor"):
+            result.update(_run_processor(model, job, resolution))
+            log_phase("processor", clock)
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+
+
+def _run_processor(model: nn.Module, job: dict[str, Any], resolution: int) -> dict[str, Any]:
+    """Meta's Sam3Processor on one photo at its original size, for one case."""
+    from PIL import Image
+
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    spec = job["processor"]
+    case = job["cases"][int(spec["case"])]
+    processor = Sam3Processor(
+        model, resolution=resolution, device="cpu", confidence_threshold=float(spec["threshold"])
+    )
+    with Image.open(job["images"][int(spec["image"])]) as im:
+        state = processor.set_image(im.convert("RGB"))
+    if case.get("text"):
+        state = processor.set_text_prompt(case["text"], state)
+    for box, label in zip(case.get("boxes", []), case.get("labels", [])):
+        state = processor.add_geometric_prompt(box, bool(label), state)
+    return {
+        "processor.boxes": state["boxes"],
+        "processor.scores": state["scores"],
+        "processor.masks": state["masks"],
+        "processor.masks_logits": state["masks_logits"],
+    }
