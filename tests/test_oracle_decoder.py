@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from meta_job_decoder import rescale_to_fan_in
 
 from sam3.model.box_ops import box_cxcywh_to_xyxy
 from sam3.model.decoder import TransformerDecoder
 from sam3.model.heads_config import HeadsConfig
 
 from conftest import assert_matches
+from meta_job_decoder import rescale_to_fan_in
 from seeded_init import seeded_input, seeded_state
 
 pytestmark = pytest.mark.oracle
@@ -61,7 +61,12 @@ def _config(job: dict) -> HeadsConfig:
     )
 
 
-def _compare(tag: str, job: dict, ref: dict) -> None:
+def _compare(tag: str, job: dict, ref: dict, autograd: bool = False) -> None:
+    """Run our decoder on the job's seeded weights and inputs; compare every output with Meta's.
+
+    ``autograd``: run with gradients recorded, i.e. the portable path (``F.linear`` and one
+    masked SDPA per attention) instead of the fp32 CPU inference path (oneDNN, box bias added
+    head by head)."""
     decoder = TransformerDecoder(_config(job)).eval()
     shapes = {k: list(v.shape) for k, v in decoder.state_dict().items()}
     assert shapes == ref["shapes"]
@@ -78,7 +83,7 @@ def _compare(tag: str, job: dict, ref: dict) -> None:
     assert prompt_mask.shape == (batch, job["prompt_len"])
     assert prompt_mask.sum().item() == sum(job["prompt_pad"])
 
-    with torch.no_grad():
+    with torch.set_grad_enabled(autograd):
         hs, boxes, presence, presence_feats = decoder(
             memory, memory_pos, prompt, prompt_mask, (job["height"], job["width"])
         )
@@ -91,10 +96,12 @@ def _compare(tag: str, job: dict, ref: dict) -> None:
     assert_matches(f"{tag}: pred_boxes_xyxy", box_cxcywh_to_xyxy(pred), ref["pred_boxes_xyxy"])
 
 
-def test_small_decoder_matches_meta(oracle):
+@pytest.mark.parametrize("autograd", [False, True], ids=["inference", "autograd"])
+def test_small_decoder_matches_meta(oracle, autograd):
     """Reduced sizes, batch 2 with one padded prompt, a non-square grid."""
     job = {"kind": "decoder", **SMALL}
-    _compare("decoder small", job, oracle(job, "decoder-small"))
+    tag = "decoder small" + (" autograd" if autograd else "")
+    _compare(tag, job, oracle(job, "decoder-small"), autograd)
 
 
 def test_default_decoder_keys_and_outputs_match_meta(oracle):

@@ -9,7 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sam3.model_builder import build_efficientsam3_backbone
+from sam3.arch import HEAD_ROOTS, infer_heads_config
+from sam3.checkpoint import read_checkpoint
+from sam3.model_builder import build_efficientsam3_backbone, build_efficientsam3_image_model
+from sam3.predictor import Detections
 from stage1 import quickstart
 from stage1.pictures import (
     cosine_map_mean,
@@ -18,6 +21,8 @@ from stage1.pictures import (
     pca_rgb,
     training_curves,
 )
+from stage1.quickstart_segment import best_detection, mask_iou
+from stage1.teachers import TEACHER_HEADS
 
 
 def test_pca_colours_are_shared_between_teacher_and_student():
@@ -49,6 +54,27 @@ def test_picture_files(tmp_path):
     with Image.open(curves) as picture:
         assert picture.width > 100 and picture.height > 100
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_best_detection_and_mask_iou():
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True  # rows 0-1
+    masks[1, 1:3] = True  # rows 1-2
+    boxes = torch.arange(12, dtype=torch.float32).view(3, 4)
+    found = Detections(masks, boxes, torch.tensor([0.31, 0.35, 0.2]), raw={"q": 1})
+    best = best_detection(found)
+    assert len(best) == 1 and best.raw == {"q": 1}
+    assert best.scores.tolist() == [pytest.approx(0.35)]
+    assert torch.equal(best.masks[0], masks[1]) and best.boxes.tolist() == [[4.0, 5.0, 6.0, 7.0]]
+    empty = Detections(masks[:0], boxes[:0], torch.zeros(0), raw={})
+    assert len(best_detection(empty)) == 0
+    assert mask_iou(masks[0], masks[1]) == pytest.approx(4 / 12)
+    assert mask_iou(masks[0], masks[0]) == 1.0
+    assert mask_iou(masks[0], masks[2]) == 0.0  # one empty
+    assert mask_iou(masks[2], masks[2]) == 1.0  # both empty: they agree
+    assert mask_iou(masks[0].to(torch.uint8), masks[1]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="shapes"):
+        mask_iou(masks[0], masks[0, :3])
 
 
 def test_an_existing_sam3_checkpoint_is_the_teacher(tmp_path, capsys):
@@ -86,7 +112,21 @@ def test_quickstart_runs_every_phase(tmp_path, capsys):
     assert model.meta["image_student"] == "efficientvit_b0"
     assert model.meta["text_student"] == "MobileCLIP-S0"
     assert result["merged_vs_student_max_abs"] == 0.0
-    for key in ("features_png", "curves_png"):
+    # the random teacher is a whole image model; the merge carries its neck and heads unchanged
+    teacher, _ = read_checkpoint(out / "sam3_tiny_random.pt")
+    assert infer_heads_config(teacher) == TEACHER_HEADS["sam3_tiny"]
+    merged_state, _ = read_checkpoint(merged)
+    kept = [k for k in teacher if k.startswith(tuple("detector." + r for r in HEAD_ROOTS))]
+    kept += [k for k in teacher if k.startswith("detector.backbone.vision_backbone.convs.")]
+    assert len(kept) > 100
+    assert all(torch.equal(merged_state[k], teacher[k]) for k in kept)
+    assert len(build_efficientsam3_image_model(merged).transformer.decoder.layers) == 1
+    ious = result["segmentation_iou"]
+    assert set(ious) == {"text", "box"} and all(0.0 <= v <= 1.0 for v in ious.values())
+    for scores in result["segmentation_scores"].values():
+        assert all(0.0 < v < 1.0 for v in scores.values())
+    assert "top-1 by score" in printed
+    for key in ("features_png", "curves_png", "segmentation_png"):
         with Image.open(result[key]) as picture:
             assert np.asarray(picture.convert("L")).std() > 10  # drawn, not blank
     cos = result["cos"]

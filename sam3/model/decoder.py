@@ -5,6 +5,10 @@ tokens and to the fused image memory; the image cross-attention carries a per-he
 bias from each query's current box (boxRPB "log"). After every layer the normed queries refine
 the boxes (``box_refine``) and the presence token gives a logit. Layouts are sequence-first, as
 in ``sam3.pt``'s model; parameter names follow ``transformer.decoder.*``.
+
+For fp32 CPU inference (no gradient recorded) the linear layers run through oneDNN, and the image
+cross-attention adds its box bias head by head to logits computed there (no full-size mask);
+otherwise the same arithmetic runs through ``F.linear`` and one masked SDPA per attention.
 """
 
 from __future__ import annotations
@@ -25,22 +29,35 @@ _SINE_TEMPERATURE = 10000.0
 _ONEDNN = onednn_linear_available()
 
 
+def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether ``x @ weight.T`` may run through oneDNN: fp32 CPU, no gradient, no autocast."""
+    return (
+        _ONEDNN
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and weight.is_contiguous()
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, post: str = "none") -> Tensor:
+    """oneDNN's ``x @ weight.T + bias`` (``post``: "none" or "relu") on a contiguous 2-D
+    ``weight``; ``x`` is flattened to 2-D and made contiguous, where oneDNN is many times
+    faster."""
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    y = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, post, [], "")
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:
     """``x @ weight.T + bias`` (then ReLU), through oneDNN for fp32 CPU inference.
 
     MKL's sgemm runs these shapes at half the speed of oneDNN's matmul on AMD CPUs; oneDNN has
     no backward, so it is used only where no gradient is recorded.
     """
-    if (
-        _ONEDNN
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-    ):
-        return torch.ops.mkldnn._linear_pointwise(
-            x, weight, bias, "relu" if relu else "none", [], ""
-        )
+    if _onednn_applies(x, weight):
+        return _onednn_linear(x, weight, bias, "relu" if relu else "none")
     y = F.linear(x, weight, bias)
     return y.relu_() if relu else y
 
@@ -62,14 +79,18 @@ def _attend(
     mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
 ) -> Tensor:
     """Projected attention with ``mha``'s weights; ``q``/``k``/``v`` are the raw inputs
-    (``k is v`` shares one projection). ``mask``: additive float or keep-True bool, broadcastable
-    to ``[B, heads, Lq, Lk]``."""
+    (``q is k`` or ``k is v`` share one projection). ``mask``: additive float or keep-True
+    bool, broadcastable to ``[B, heads, Lq, Lk]``."""
     dim, heads = mha.embed_dim, mha.num_heads
     w, b = mha.in_proj_weight, mha.in_proj_bias
-    q = _linear(q, w[:dim], b[:dim])
-    if k is v:
+    if q is k:  # self-attention: one projection for queries and keys
+        q, k = _linear(q, w[: 2 * dim], b[: 2 * dim]).chunk(2, dim=-1)
+        v = _linear(v, w[2 * dim :], b[2 * dim :])
+    elif k is v:
+        q = _linear(q, w[:dim], b[:dim])
         k, v = _linear(k, w[dim:], b[dim:]).chunk(2, dim=-1)
     else:
+        q = _linear(q, w[:dim], b[:dim])
         k = _linear(k, w[dim : 2 * dim], b[dim : 2 * dim])
         v = _linear(v, w[2 * dim :], b[2 * dim :])
     length, batch = q.shape[:2]
@@ -77,6 +98,48 @@ def _attend(
         _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads), attn_mask=mask
     )
     out = out.permute(2, 0, 1, 3).reshape(length, batch, dim)
+    return _linear(out, mha.out_proj.weight, mha.out_proj.bias)
+
+
+def _box_attention(
+    mha: nn.MultiheadAttention,
+    query: Tensor,
+    keyed: Tensor,
+    memory: Tensor,
+    bias_y: Tensor,
+    bias_x: Tensor,
+    feat_size: tuple[int, int],
+) -> Tensor:
+    """Attention of ``query`` ``[1+Q, B, C]`` (presence token first) to an ``H x W`` memory
+    (keys from ``keyed``, values from ``memory``, ``[HW, B, C]``) with the additive box bias
+    ``bias_y[b, h, q, i] + bias_x[b, h, q, j]`` on key ``(i, j)``; none on the presence token.
+
+    On the fp32 CPU inference path the bias is added head by head to the logits, which are
+    computed with oneDNN, instead of building the full ``[B, heads, 1+Q, HW]`` mask.
+    """
+    dim, heads = mha.embed_dim, mha.num_heads
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+    length, batch = query.shape[:2]
+    height, width = feat_size
+    if not (_onednn_applies(query, w) and _onednn_applies(memory, w)):
+        bias = (bias_y[..., None] + bias_x[..., None, :]).flatten(3)  # [B, heads, Q, HW]
+        return _attend(mha, query, keyed, memory, F.pad(bias, (0, 0, 1, 0)))
+    head_dim = dim // heads
+    q = _onednn_linear(query, w[:dim], b[:dim]) * head_dim**-0.5
+    q = q.view(length, batch, heads, head_dim).permute(1, 2, 0, 3).contiguous()
+    out = query.new_empty(length, batch, dim)
+    for i in range(batch):
+        k = _onednn_linear(keyed[:, i], w[dim : 2 * dim], b[dim : 2 * dim])
+        k = k.view(-1, heads, head_dim).transpose(0, 1).contiguous()  # [heads, HW, d]
+        # values transposed, without their bias: softmax rows sum to one, so it is added after
+        values_t = _onednn_linear(w[2 * dim :], memory[:, i].contiguous(), None)  # [C, HW]
+        for h in range(heads):
+            logits = _onednn_linear(q[i, h], k[h], None)  # [1+Q, HW]
+            box = logits[1:].view(length - 1, height, width)
+            box.add_(bias_y[i, h, :, :, None]).add_(bias_x[i, h, :, None, :])
+            cols = slice(h * head_dim, (h + 1) * head_dim)
+            out[:, i, cols] = _onednn_linear(logits.softmax(-1), values_t[cols], None)
+    out += b[2 * dim :]
     return _linear(out, mha.out_proj.weight, mha.out_proj.bias)
 
 
@@ -103,19 +166,24 @@ class TransformerDecoderLayer(nn.Module):
         prompt_keep: Tensor,
         memory: Tensor,
         memory_keyed: Tensor,
-        box_bias: Tensor,
+        box_bias: tuple[Tensor, Tensor],
+        feat_size: tuple[int, int],
     ) -> Tensor:
         """One layer on ``x`` ``[1+Q, B, C]`` (presence token first).
 
         ``pos``: query position ``[1+Q, B, C]`` (zero for the presence token); ``prompt``
         ``[S, B, C]`` with ``prompt_keep`` ``[B, 1, 1, S]`` (True = real token); ``memory`` and
-        ``memory_keyed`` (= memory + its position) ``[HW, B, C]``; ``box_bias``
-        ``[B, heads, 1+Q, HW]``.
+        ``memory_keyed`` (= memory + its position) ``[HW, B, C]`` on the ``H x W`` grid
+        ``feat_size``; ``box_bias``: the row and column terms ``[B, heads, Q, H]`` and
+        ``[B, heads, Q, W]`` of the queries' box bias.
         """
         q = x + pos
         x = self.norm2(x + _attend(self.self_attn, q, q, x, None))
         x = self.catext_norm(x + _attend(self.ca_text, x + pos, prompt, prompt, prompt_keep))
-        x = self.norm1(x + _attend(self.cross_attn, x + pos, memory_keyed, memory, box_bias))
+        attended = _box_attention(
+            self.cross_attn, x + pos, memory_keyed, memory, *box_bias, feat_size
+        )
+        x = self.norm1(x + attended)
         hidden = _linear(x, self.linear1.weight, self.linear1.bias, relu=True)
         return self.norm3(x + _linear(hidden, self.linear2.weight, self.linear2.bias))
 
@@ -179,19 +247,20 @@ class TransformerDecoder(nn.Module):
         angles = scaled[..., None] / freqs  # [Q, B, 4, per_coord / 2]
         return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(2)
 
-    def box_bias(self, boxes: Tensor, feat_size: tuple[int, int], out: Tensor) -> None:
-        """Write the boxRPB "log" bias of ``boxes`` ``[Q, B, 4]`` into ``out``
-        ``[B, heads, Q, H, W]``: per head, ``embed_y(dy)[h] + embed_x(dx)[w]`` where ``d`` are the
-        signed log distances of the grid coordinates to the box edges."""
+    def box_bias(self, boxes: Tensor, feat_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """The boxRPB "log" bias of ``boxes`` ``[Q, B, 4]`` on an ``H x W`` grid as its row and
+        column terms ``[B, heads, Q, H]`` and ``[B, heads, Q, W]``: the bias of key ``(i, j)``
+        is ``row[..., i] + col[..., j]``, from ``embed_y`` / ``embed_x`` of the signed log
+        distances of the grid coordinates to the box edges."""
         height, width = feat_size
         rows, cols = self.grid_coords(height, width, boxes.device)
         xyxy = box_cxcywh_to_xyxy(boxes).transpose(0, 1)  # [B, Q, 4]
         dy = self._log_distance(rows[:, None] - xyxy[:, :, None, 1::2])  # [B, Q, H, 2]
         dx = self._log_distance(cols[:, None] - xyxy[:, :, None, 0::2])  # [B, Q, W, 2]
-        # contiguous: the broadcast sum below runs twice as fast
-        by = _mlp(self.boxRPB_embed_y, dy).permute(0, 3, 1, 2).contiguous()  # [B, heads, Q, H]
-        bx = _mlp(self.boxRPB_embed_x, dx).permute(0, 3, 1, 2).contiguous()  # [B, heads, Q, W]
-        torch.add(by[..., None], bx[..., None, :], out=out)
+        # contiguous: broadcasting them over the grid runs twice as fast
+        by = _mlp(self.boxRPB_embed_y, dy).permute(0, 3, 1, 2).contiguous()
+        bx = _mlp(self.boxRPB_embed_x, dx).permute(0, 3, 1, 2).contiguous()
+        return by, bx
 
     @staticmethod
     def _log_distance(delta: Tensor) -> Tensor:
@@ -236,15 +305,12 @@ class TransformerDecoder(nn.Module):
         memory_keyed = memory + memory_pos
         prompt_keep = ~prompt_mask[:, None, None, :]
         pos = x.new_zeros(1 + num_q, batch, dim)
-        # one bias buffer for every layer; the presence token's row stays zero
-        bias = memory.new_empty(batch, self.num_heads, 1 + num_q, height, width)
-        bias[:, :, 0] = 0
         hs, refs, presence = [], [], []
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             pos[1:] = _mlp(self.ref_point_head, self.sine_embed(ref))
-            self.box_bias(ref, (height, width), bias[:, :, 1:])
-            x = layer(x, pos, prompt, prompt_keep, memory, memory_keyed, bias.flatten(3))
+            bias = self.box_bias(ref, (height, width))
+            x = layer(x, pos, prompt, prompt_keep, memory, memory_keyed, bias, (height, width))
             out = self.norm(x[1:])
             hs.append(out)
             refs.append(ref)

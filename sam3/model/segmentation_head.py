@@ -27,47 +27,6 @@ def upsample_add(skip: Tensor, x: Tensor) -> Tensor:
     return out.reshape(out.shape[0], c, 2 * h, 2 * w)
 
 
-# Nearest 2x upsampling followed by a 3x3 conv (padding 1) equals, for each output phase (row
-# parity, column parity), a 2x2 conv of the low-resolution map whose taps are sums of the 3x3
-# taps that read the same low-resolution pixel: rows (0 | 1+2) for even outputs, (0+1 | 2) for
-# odd ones, likewise for columns. 4 taps instead of 9 per output pixel.
-_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
-
-
-def phase_kernels(weight: Tensor) -> Tensor:
-    """A 3x3 conv weight ``[O, I, 3, 3]`` -> the four 2x2 phase kernels ``[4 O, I, 2, 2]``,
-    ordered (row parity, column parity) = 00, 01, 10, 11."""
-    taps = torch.tensor(_PHASE_TAPS, dtype=weight.dtype, device=weight.device)  # [p, 2, 3]
-    kernels = torch.einsum("pay,oiyx,qbx->pqoiab", taps, weight, taps)
-    return kernels.reshape(4 * weight.shape[0], weight.shape[1], 2, 2)
-
-
-def shared_conv_upsample_add(skip_conv: Tensor, x: Tensor, weight: Tensor) -> Tensor:
-    """``conv(skip + nearest_up2(x))`` from ``skip_conv = conv(skip)`` (bias included, computed
-    once for a skip map that every batch entry shares) and ``x [P, C, h, w]``:
-    ``[P, C, 2h, 2w]``, by linearity of the conv and the 2x2 phase kernels."""
-    p, c, h, w = x.shape
-    phases = F.conv2d(x, phase_kernels(weight), padding=1).unflatten(1, (2, 2, c))
-    base = skip_conv.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))  # [1, C, h, 2, w, 2]
-    out = x.new_empty(p, c, h, 2, w, 2)
-    for py in (0, 1):
-        for px in (0, 1):
-            torch.add(
-                base[:, :, :, py, :, px],
-                phases[:, py, px, :, py : py + h, px : px + w],
-                out=out[:, :, :, py, :, px],
-            )
-    return out.view(p, c, 2 * h, 2 * w)
-
-
-def _one_image(skip: Tensor) -> Tensor | None:
-    """``skip``'s single image ``[1, ...]`` if every batch entry shows the same one (batch 1 or
-    a stride-0 expanded view), else ``None``."""
-    if skip.shape[0] == 1:
-        return skip
-    return skip[:1] if skip.stride(0) == 0 else None
-
-
 class PixelDecoder(nn.Module):
     """FPN-style top-down decoder: per finer level, upsample + add the skip, 3x3 conv,
     GroupNorm(8), ReLU. ``conv_layers``/``norms`` hold ``stages`` pairs; a pyramid of ``n``
@@ -89,14 +48,7 @@ class PixelDecoder(nn.Module):
             raise ValueError(f"need 2..{len(self.conv_layers) + 1} maps, got {len(feats)}")
         x = feats[-1]
         for i, skip in enumerate(reversed(feats[:-1])):
-            conv = self.conv_layers[i]
-            image = _one_image(skip)
-            exact_2x = tuple(skip.shape[-2:]) == (2 * x.shape[-2], 2 * x.shape[-1])
-            if image is not None and x.shape[0] > 1 and exact_2x:
-                # Several prompts on one image: convolve the image's skip map once.
-                x = shared_conv_upsample_add(conv(image), x, conv.weight)
-            else:
-                x = conv(upsample_add(skip, x))
+            x = self.conv_layers[i](upsample_add(skip, x))
             x = F.relu_(self.norms[i](x))
         return x
 
@@ -184,7 +136,11 @@ class SegmentationHead(nn.Module):
 
     def semantic_logits(self, pixel_embed: Tensor) -> Tensor:
         """The semantic segmentation logits ``[B, 1, 4H, 4W]``."""
-        return self.semantic_seg_head(pixel_embed)
+        # A matmul, not the 1x1 conv module: oneDNN's 1-channel conv is ~10x slower on 2 threads.
+        b, c, h, w = pixel_embed.shape
+        head = self.semantic_seg_head
+        logits = torch.matmul(head.weight.view(1, c), pixel_embed.reshape(b, c, -1))
+        return (logits + head.bias.view(1, 1, 1)).view(b, 1, h, w)
 
     def forward(
         self,
