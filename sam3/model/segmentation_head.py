@@ -13,18 +13,13 @@ GROUPS = 8  # GroupNorm groups of the pixel decoder
 
 
 def upsample_add(skip: Tensor, x: Tensor) -> Tensor:
-    """``skip + nearest_upsample(x, skip's size)``, broadcasting over the batch.
+    """``skip + nearest_upsample(x, skip's size)``, broadcasting ``skip`` over ``x``'s batch.
 
-    An exact 2x step (SAM3's pyramid) is one broadcast add with no upsampled temporary;
-    nearest interpolation to twice the size repeats every pixel 2x2, so it is bit-identical.
+    The sum is accumulated in place into the upsampled map (one full-size allocation, which is
+    a large part of the cost at 288x288: fresh pages).
     """
-    h, w = x.shape[-2:]
-    if tuple(skip.shape[-2:]) != (2 * h, 2 * w):
-        return skip + F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-    c = x.shape[1]
-    grid = skip.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))  # [b, c, h, 2, w, 2]
-    out = grid + x[:, :, :, None, :, None]
-    return out.reshape(out.shape[0], c, 2 * h, 2 * w)
+    up = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+    return up.add_(skip) if skip.shape[0] <= up.shape[0] else up + skip
 
 
 class PixelDecoder(nn.Module):
@@ -131,8 +126,9 @@ class SegmentationHead(nn.Module):
         weight = self.instance_seg_head.weight.flatten(1)  # [C_out, C_in]
         bias = kernels @ self.instance_seg_head.bias  # [B, K]
         b, c, hh, ww = pixel_embed.shape
-        logits = torch.baddbmm(bias[..., None], kernels @ weight, pixel_embed.reshape(b, c, -1))
-        return logits.unflatten(-1, (hh, ww))
+        logits = torch.bmm(kernels @ weight, pixel_embed.reshape(b, c, -1))
+        # not baddbmm: it would first copy the bias broadcast to the full output size
+        return logits.add_(bias[..., None]).unflatten(-1, (hh, ww))
 
     def semantic_logits(self, pixel_embed: Tensor) -> Tensor:
         """The semantic segmentation logits ``[B, 1, 4H, 4W]``."""
@@ -140,7 +136,7 @@ class SegmentationHead(nn.Module):
         b, c, h, w = pixel_embed.shape
         head = self.semantic_seg_head
         logits = torch.matmul(head.weight.view(1, c), pixel_embed.reshape(b, c, -1))
-        return (logits + head.bias.view(1, 1, 1)).view(b, 1, h, w)
+        return logits.add_(head.bias.view(1, 1, 1)).view(b, 1, h, w)
 
     def forward(
         self,
