@@ -6,10 +6,11 @@
 It builds a small SA-1B-style folder from the photographs in data/samples/ (crops and flips for
 training; astronaut.jpg held out) and a Recap-DataComp-style captions parquet, then: exports the
 teacher's image and text embeddings, trains ES-EV-S (EfficientViT-B0) and ES-MC-S (MobileCLIP-S0)
-briefly, merges both into a SAM3 checkpoint, loads the merged model and runs it, prints the
-parameter report, and draws the teacher's and students' feature maps (PCA colours) and the
-training curves. With sam3_checkpoints/sam3.pt it uses SAM3 itself (1008 px: slow on a CPU);
-without it, a reduced, randomly initialised teacher, and says so.
+briefly, merges both into a SAM3 checkpoint, segments the held-out photo from a caption and from
+a box with the teacher and with the merged model, prints the parameter report, and draws the
+segmentations, the teacher's and students' feature maps (PCA colours) and the training curves.
+With sam3_checkpoints/sam3.pt it uses SAM3 itself (1008 px: slow on a CPU); without it, a
+reduced, randomly initialised teacher (backbone and detector heads), and says so.
 """
 
 from __future__ import annotations
@@ -21,20 +22,18 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import itertools  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from sam3.model_builder import (  # noqa: E402
-    BACKBONE_PREFIX,
+    DETECTOR_PREFIX,
     build_efficientsam3_backbone,
-    build_sam3_backbone,
+    build_sam3_image_model,
 )
 from stage1 import compare_models  # noqa: E402
 from stage1 import convert_both_encoders_weights_stage1 as convert_both  # noqa: E402
@@ -49,12 +48,12 @@ from stage1.embedding_store import EmbeddingStore  # noqa: E402
 from stage1.engine import build_model  # noqa: E402
 from stage1.export import image_transform  # noqa: E402
 from stage1.pictures import cosine_map_mean, feature_comparison, training_curves  # noqa: E402
-from stage1.teachers import TEACHER_ARCHS  # noqa: E402
+from stage1.quickstart_data import HELD_OUT, held_out_photo, make_captions, make_images  # noqa: E402
+from stage1.quickstart_segment import run_segmentation  # noqa: E402
+from stage1.teachers import teacher_image_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "data" / "samples"
 CONFIGS = REPO / "stage1" / "configs"
-HELD_OUT = "astronaut"  # the validation image, also the one drawn
 MARKER = ".quickstart"  # marks a folder this script made (and may clear on the next run)
 IMAGE_STUDENT, TEXT_STUDENT = "efficientvit_b0", "MobileCLIP-S0"
 
@@ -98,69 +97,6 @@ def prepare_output(out: Path) -> None:
     (out / MARKER).write_text("made by stage1/quickstart.py; cleared on its next run\n")
 
 
-def make_images(root: Path) -> Path:
-    """An SA-1B-style folder: train = each sample photo, its mirror and three crops; val = the
-    held-out photo."""
-    photos = sorted(SAMPLES.glob("*.jpg"))
-    if not any(p.stem == HELD_OUT for p in photos):
-        raise FileNotFoundError(f"{SAMPLES}/{HELD_OUT}.jpg is missing: is the checkout complete?")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    n = 0
-    for photo in photos:
-        image = Image.open(photo).convert("RGB")
-        if photo.stem == HELD_OUT:
-            image.save(root / "images" / "val" / f"sa_{photo.stem}.jpg", quality=92)
-            continue
-        variants = [image, ImageOps.mirror(image)]
-        w, h = image.size
-        for _ in range(3):
-            cw, ch = int(w * rng.uniform(0.55, 0.8)), int(h * rng.uniform(0.55, 0.8))
-            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            variants.append(image.crop((x0, y0, x0 + cw, y0 + ch)))
-        for i, variant in enumerate(variants):
-            variant.save(root / "images" / "train" / f"sa_{photo.stem}_{i}.jpg", quality=92)
-            n += 1
-    print(f"  {n} training images, 1 validation image ({HELD_OUT}) in {root}")
-    return root
-
-
-_SUBJECTS = [
-    "a tabby cat", "a cup of coffee", "a rocket", "an astronaut", "a red car", "two dogs",
-    "a wooden chair", "a bowl of fruit", "a city street", "a sailing boat", "a mountain lake",
-    "a bicycle", "a plate of pasta", "a child with a kite", "an old lighthouse", "a green apple",
-]  # fmt: skip
-_DETAILS = [
-    "in bright sunlight", "at night", "on a white table", "seen from above", "in the rain",
-    "next to a window", "in a busy market", "with a blurred background",
-]  # fmt: skip
-_STYLES = ["A photo of", "A close-up of", "A picture showing", "An image of"]
-
-
-def make_captions(root: Path) -> Path:
-    """A Recap-DataComp-style parquet (``key``, ``url``, ``re_caption``, ``org_caption``)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    combos = list(itertools.product(_STYLES, _SUBJECTS, _DETAILS))
-    rng = np.random.default_rng(0)
-    picked = [combos[i] for i in rng.permutation(len(combos))[:160]]
-    captions = [f"{style} {subject} {detail}." for style, subject, detail in picked]
-    root.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "key": [f"{i:06d}" for i in range(len(captions))],
-            "url": [f"https://example.invalid/{i}.jpg" for i in range(len(captions))],
-            "re_caption": captions,
-            "org_caption": [c.split(" ", 3)[-1] for c in captions],
-        }
-    )
-    pq.write_table(table, root / "part-00000.parquet")
-    print(f"  {len(captions)} captions in {root / 'part-00000.parquet'}")
-    return root
-
-
 def choose_teacher(sam3_ckpt: Path, out: Path, img_size: int) -> Setup:
     """SAM3 itself when ``sam3_ckpt`` exists; otherwise a saved, reduced random teacher."""
     if sam3_ckpt.is_file():
@@ -171,24 +107,29 @@ def choose_teacher(sam3_ckpt: Path, out: Path, img_size: int) -> Setup:
             ]
         )
         return Setup(sam3_ckpt, "sam3", 1008, 1024, 72, True)
-    arch = TEACHER_ARCHS["sam3_tiny"](img_size)
+    cfg = teacher_image_config("sam3_tiny", img_size)
     banner(
         [
             f"NO SAM3 CHECKPOINT at {sam3_ckpt}.",
-            "Using a REDUCED (2-block, 64-wide), RANDOMLY INITIALISED teacher instead.",
-            "Every phase runs for real, but the features and pictures are not SAM3's.",
+            "Using a REDUCED, RANDOMLY INITIALISED teacher instead (2-block, 64-wide trunk,",
+            "one-layer detector heads). Every phase runs for real, but the features, masks",
+            "and pictures are not SAM3's.",
             "Put sam3.pt in sam3_checkpoints/ (see sam3_checkpoints/README.md) for the real one.",
         ]
     )
     torch.manual_seed(0)
-    backbone = build_sam3_backbone(None, cfg=arch)
-    state = {BACKBONE_PREFIX + k: v for k, v in backbone.state_dict().items()}
+    model = build_sam3_image_model(None, cfg=cfg)
+    state = {DETECTOR_PREFIX + k: v for k, v in model.state_dict().items()}
     path = out / "sam3_tiny_random.pt"
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": state}, tmp)
     os.replace(tmp, path)
-    print(f"  saved the random teacher as {path} ({len(state)} tensors, SAM3's key layout)")
-    return Setup(path, "sam3_tiny", img_size, arch.vit.embed_dim, arch.vit.grid_size, False)
+    print(
+        f"  saved the random teacher (backbone and detector heads) as {path} "
+        f"({len(state)} tensors, sam3.pt's key layout)"
+    )
+    vit = cfg.backbone.vit
+    return Setup(path, "sam3_tiny", img_size, vit.embed_dim, vit.grid_size, False)
 
 
 def common_opts(setup: Setup, device: str) -> list[str]:
@@ -222,7 +163,7 @@ def train_opts(epochs: int, lr: float, device: str) -> list[str]:
 def draw_features(out: Path, setup: Setup, image_cfg, image_ckpt: Path, merged: Path) -> dict:
     """Teacher vs student (before and after training) on the held-out photo; returns figures."""
     transform = image_transform(image_cfg)
-    photo = Image.open(out / "data" / "sa1b" / "images" / "val" / f"sa_{HELD_OUT}.jpg")
+    photo = Image.open(held_out_photo(out / "data" / "sa1b"))
     x, (h, w) = transform(photo.convert("RGB"))
     store = EmbeddingStore(image_cfg.DISTILL.TEACHER_EMBED_PATH)
     teacher = store.get_torch(f"sa_{HELD_OUT}").float()
@@ -252,22 +193,6 @@ def draw_features(out: Path, setup: Setup, image_cfg, image_ckpt: Path, merged: 
     )
     cos = {k: cosine_map_mean(v, teacher, valid) for k, v in maps.items()}
     return {"path": path, "cos": cos, "merged_vs_student_max_abs": gap}
-
-
-def run_merged(merged: Path, setup: Setup, text_captions: list[str]) -> None:
-    """Load the merged checkpoint and run the whole VL backbone, neck included."""
-    model = build_efficientsam3_backbone(merged)
-    size = setup.img_size
-    with torch.inference_mode():
-        image_out = model.forward_image(torch.zeros(1, 3, size, size))
-        text_out = model.forward_text(text_captions)
-    fpn = ", ".join(str(tuple(m.shape)) for m in image_out["backbone_fpn"])
-    print(f"  forward_image: vision_features {tuple(image_out['vision_features'].shape)}")
-    print(f"                 backbone_fpn {fpn}")
-    print(
-        f"  forward_text:  language_features {tuple(text_out['language_features'].shape)}, "
-        f"language_mask {tuple(text_out['language_mask'].shape)}"
-    )
 
 
 def list_outputs(out: Path) -> None:
@@ -362,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]  # fmt: skip
     text_result = train_text.main(text_args)
 
-    say("[7/8] phase 3: merge both students into the SAM3 checkpoint, load it, run it")
+    say("[7/8] phase 3: merge both students into the SAM3 checkpoint; segment with it")
     merged = out / f"efficient_sam3_{IMAGE_STUDENT}_mobileclip_s0.pth"
     convert_both.main(
         [
@@ -373,7 +298,15 @@ def main(argv: list[str] | None = None) -> dict:
             "--output", str(merged),
         ]
     )  # fmt: skip
-    run_merged(merged, setup, ["a tabby cat on a white table", "a rocket at night"])
+    segmentation = run_segmentation(
+        setup.teacher_ckpt,
+        teacher_image_config(setup.arch, setup.img_size),
+        merged,
+        held_out_photo(images),
+        out / "pictures" / "segmentation.png",
+        "SAM3" if setup.real else "reduced RANDOM teacher",
+        args.device,
+    )
 
     say("[8/8] parameter report and pictures")
     compare_models.main(["--student", "ES-EV-S,ES-MC-S"])
@@ -399,6 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, value in features["cos"].items():
         print(f"    {name:20} {value:.4f}")
     print(f"  merged model vs trained student, max |diff|: {features['merged_vs_student_max_abs']}")
+    ious = ", ".join(f"{p} {v:.3f}" for p, v in segmentation["iou"].items())
+    print(f"  {segmentation['path']}: teacher vs merged, mask IoU of the best detections: {ious}")
     print(f"  {curves}")
     for name, result in (("ES-EV-S", image_result), ("ES-MC-S", text_result)):
         print(
@@ -415,6 +350,9 @@ def main(argv: list[str] | None = None) -> dict:
         "merged": merged,
         "features_png": features["path"],
         "curves_png": curves,
+        "segmentation_png": segmentation["path"],
+        "segmentation_iou": segmentation["iou"],
+        "segmentation_scores": segmentation["scores"],
         "cos": features["cos"],
         "merged_vs_student_max_abs": features["merged_vs_student_max_abs"],
         "image_result": image_result,

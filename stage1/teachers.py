@@ -71,7 +71,9 @@ def _sam3_tiny_arch(img_size: int) -> BackboneConfig:
         global_blocks=(1,),
         pretrain_img_size=14 * window,
     )
-    return BackboneConfig(vit=vit, text=TextConfig(width=64, heads=4, layers=2))
+    # one 64-wide text head, SAM3's head width, so the architecture reads back from the file's
+    # tensor shapes (sam3.arch); heads have no tensor of their own
+    return BackboneConfig(vit=vit, text=TextConfig(width=64, heads=1, layers=2))
 
 
 # teacher architectures by MODEL.TEACHER_ARCH; each maps DATA.IMG_SIZE to a backbone config
