@@ -33,148 +33,63 @@ from meta_oracle import build_meta_trunk, fail, log_phase, resolve_bpe_path
 from seeded_init import seeded_input, seeded_state
 
 
-def _mha(d: int, heads: int, batch_first: bool) -> nn.Module:
-    from sam3.model.model_misc import MultiheadAttentionWrapper
-
-    return MultiheadAttentionWrapper(
-        embed_dim=d, num_heads=heads, dropout=0.0, batch_first=batch_first
-    )
-
-
 def _reduced_model(meta: Any, job: dict[str, Any]) -> nn.Module:
-    """Meta's Sam3Image from its own classes, at the job's sizes (otherwise SAM3's flags)."""
-    from sam3.model import (
-        decoder,
-        encoder,
-        geometry_encoders,
-        maskformer_segmentation,
-        model_misc,
-        sam3_image,
-    )
+    """Meta's Sam3Image from its own classes at the job's sizes, each part built as the
+    component jobs build it (with SAM3's builder flags)."""
+    from sam3.model import model_misc, sam3_image
+
+    from meta_job_decoder import build_meta_decoder
+    from meta_job_encoders import build_fusion, build_geometry
+    from meta_job_seghead import build as build_seghead_and_scoring
 
     vision, text, h = job["vision"], job["text"], job["heads"]
     d, nh, ff = int(h["d_model"]), int(h["num_heads"]), int(h["dim_feedforward"])
-    pos = lambda: meta.PositionEmbeddingSine(  # noqa: E731
-        num_pos_feats=d, normalize=True, scale=None, temperature=10000
-    )
     neck = meta.Sam3DualViTDetNeck(
         trunk=build_meta_trunk(meta, vision),
-        position_encoding=pos(),
+        position_encoding=meta.PositionEmbeddingSine(
+            num_pos_feats=d, normalize=True, scale=None, temperature=10000
+        ),
         d_model=d,
         scale_factors=[4.0, 2.0, 1.0, 0.5],
         add_sam2_neck=False,
     )
-    tokenizer = meta.SimpleTokenizer(bpe_path=resolve_bpe_path(job))
     text_encoder = meta.VETextEncoder(
         d_model=d,
-        tokenizer=tokenizer,
+        tokenizer=meta.SimpleTokenizer(bpe_path=resolve_bpe_path(job)),
         width=int(text["width"]),
         heads=int(text["heads"]),
         layers=int(text["layers"]),
     )
-    backbone = meta.SAM3VLBackbone(visual=neck, text=text_encoder, scalp=1)
-
-    def enc_layer(batch_first: bool, geometry: bool) -> nn.Module:
-        return encoder.TransformerEncoderLayer(
-            activation="relu",
-            d_model=d,
-            dim_feedforward=ff,
-            dropout=0.0,
-            pos_enc_at_attn=not geometry,
-            pos_enc_at_cross_attn_keys=geometry,
-            pos_enc_at_cross_attn_queries=False,
-            pre_norm=True,
-            self_attention=_mha(d, nh, batch_first),
-            cross_attention=_mha(d, nh, batch_first),
-        )
-
-    fusion = encoder.TransformerEncoderFusion(
-        layer=enc_layer(True, False),
-        num_layers=int(h["encoder_layers"]),
-        d_model=d,
-        num_feature_levels=1,
-        frozen=False,
-        use_act_checkpoint=False,
-        add_pooled_text_to_img_feat=False,
-        pool_text_with_mask=True,
+    sizes = {
+        "d_model": d,
+        "num_heads": nh,
+        "dim_feedforward": ff,
+        "geometry_layers": int(h["geometry_layers"]),
+        "encoder_layers": int(h["encoder_layers"]),
+        "roi_size": 7,
+    }
+    grid = int(vision["img_size"]) // int(vision["patch_size"])
+    decoder = build_meta_decoder(
+        {
+            "d_model": d,
+            "num_heads": nh,
+            "dim_feedforward": ff,
+            "layers": int(h["decoder_layers"]),
+            "num_queries": int(h["num_queries"]),
+            "height": grid,
+        }
     )
-    dec_layer = decoder.TransformerDecoderLayer(
-        activation="relu",
-        d_model=d,
-        dim_feedforward=ff,
-        dropout=0.0,
-        cross_attention=_mha(d, nh, False),
-        n_heads=nh,
-        use_text_cross_attention=True,
-    )
-    dec = decoder.TransformerDecoder(
-        layer=dec_layer,
-        num_layers=int(h["decoder_layers"]),
-        num_queries=int(h["num_queries"]),
-        return_intermediate=True,
-        box_refine=True,
-        num_o2m_queries=0,
-        dac=True,
-        boxRPB="log",
-        d_model=d,
-        frozen=False,
-        interaction_layer=None,
-        dac_use_selfatt_ln=True,
-        resolution=int(vision["img_size"]),
-        stride=int(vision["patch_size"]),
-        use_act_checkpoint=False,
-        presence_token=True,
-    )
-    transformer = model_misc.TransformerWrapper(encoder=fusion, decoder=dec, d_model=d)
-    scoring = model_misc.DotProductScoring(
-        d_model=d,
-        d_proj=d,
-        prompt_mlp=model_misc.MLP(
-            input_dim=d,
-            hidden_dim=int(h["scoring_hidden"]),
-            output_dim=d,
-            num_layers=2,
-            dropout=0.0,
-            residual=True,
-            out_norm=nn.LayerNorm(d),
-        ),
-    )
-    seg = maskformer_segmentation.UniversalSegmentationHead(
-        hidden_dim=d,
-        upsampling_stages=3,
-        aux_masks=False,
-        presence_head=False,
-        dot_product_scorer=None,
-        act_ckpt=False,
-        cross_attend_prompt=_mha(d, nh, False),
-        pixel_decoder=maskformer_segmentation.PixelDecoder(
-            num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=d
-        ),
-    )
-    geometry = geometry_encoders.SequenceGeometryEncoder(
-        pos_enc=pos(),
-        encode_boxes_as_points=False,
-        points_direct_project=True,
-        points_pool=True,
-        points_pos_enc=True,
-        boxes_direct_project=True,
-        boxes_pool=True,
-        boxes_pos_enc=True,
-        d_model=d,
-        num_layers=int(h["geometry_layers"]),
-        layer=enc_layer(False, True),
-        use_act_ckpt=False,
-        add_cls=True,
-        add_post_encode_proj=True,
-    )
+    heads = build_seghead_and_scoring(d, nh, int(h["scoring_hidden"]))
     return sam3_image.Sam3Image(
-        backbone=backbone,
-        transformer=transformer,
-        input_geometry_encoder=geometry,
-        segmentation_head=seg,
+        backbone=meta.SAM3VLBackbone(visual=neck, text=text_encoder, scalp=1),
+        transformer=model_misc.TransformerWrapper(
+            encoder=build_fusion(sizes), decoder=decoder, d_model=d
+        ),
+        input_geometry_encoder=build_geometry(sizes),
+        segmentation_head=heads.segmentation_head,
         num_feature_levels=1,
         o2m_mask_predict=True,
-        dot_prod_scoring=scoring,
+        dot_prod_scoring=heads.dot_prod_scoring,
         use_instance_query=False,
         multimask_output=True,
         inst_interactive_predictor=None,
