@@ -1,4 +1,5 @@
-"""The packed CPU linear: same results as ``nn.Linear``, used only where it applies, never stale."""
+"""The packed CPU linear: same results as ``nn.Linear``, used only where it applies, never stale;
+and ``inference_linear``, oneDNN on the plain weight where it applies, ``F.linear`` elsewhere."""
 
 import copy
 import io
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sam3.model.packed_linear as pl
-from sam3.model.packed_linear import PackableLinear, onednn_linear_available
+from sam3.model.packed_linear import PackableLinear, inference_linear, onednn_linear_available
 from sam3.model.vit import ViT
 
 from test_vit import SMALL
@@ -147,3 +148,55 @@ def test_cpu_export_teacher_packs_its_trunk_in_fp32(precision, packed):
     linears = [m for m in teacher.modules() if isinstance(m, PackableLinear)]
     assert len(linears) == 8  # sam3_tiny: two blocks
     assert all(m.is_packed == packed for m in linears)
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Count calls of oneDNN's plain-weight linear."""
+    count = {"n": 0}
+    real = pl.onednn_linear
+
+    def counting(*args, **kwargs):
+        count["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pl, "onednn_linear", counting)
+    return count
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 48), (2, 5, 6, 48), "strided"])
+def test_inference_linear_matches_f_linear(onednn_calls, relu, bias, shape):
+    layer = _layer(bias)
+    x = torch.randn(3, 4, 96)[..., ::2] if shape == "strided" else torch.randn(shape)
+    want = F.linear(x, layer.weight, layer.bias)
+    want = want.relu() if relu else want
+    with torch.inference_mode():
+        got = inference_linear(x, layer.weight, layer.bias, relu=relu)
+    assert onednn_calls["n"] == 1
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_linear_falls_back_where_onednn_does_not_apply(onednn_calls):
+    layer = _layer()
+    x = torch.randn(4, 48)
+    # autograd: the same gradients as F.linear
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    inference_linear(x1, layer.weight, layer.bias, relu=True).square().sum().backward()
+    grad_w = layer.weight.grad.clone()
+    layer.weight.grad = None
+    F.linear(x2, layer.weight, layer.bias).relu().square().sum().backward()
+    assert torch.equal(x1.grad, x2.grad) and torch.equal(grad_w, layer.weight.grad)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert inference_linear(x, layer.weight, layer.bias).dtype == torch.bfloat16
+        w_t = layer.weight.t().contiguous().t()  # a transposed view: oneDNN is slow on those
+        assert torch.equal(inference_linear(x, w_t, layer.bias), F.linear(x, w_t, layer.bias))
+        out = inference_linear(x.double(), layer.weight.double(), layer.bias.double())
+        assert out.dtype == torch.float64
+    assert onednn_calls["n"] == 0
+    with torch.no_grad():  # no grad recorded: oneDNN even with parameters that require grad
+        inference_linear(x, layer.weight, layer.bias)
+    assert onednn_calls["n"] == 1

@@ -22,51 +22,17 @@ from torch import Tensor, nn
 from .box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from .heads_config import HeadsConfig
 from .mlp import MLP
-from .packed_linear import onednn_linear_available
+from .packed_linear import inference_linear, onednn_linear, onednn_linear_applies
 
 _SINE_SCALE = 2 * math.pi
 _SINE_TEMPERATURE = 10000.0
-_ONEDNN = onednn_linear_available()
-
-
-def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``x @ weight.T`` may run through oneDNN: fp32 CPU, no gradient, no autocast."""
-    return (
-        _ONEDNN
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and weight.is_contiguous()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-    )
-
-
-def _onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None, post: str = "none") -> Tensor:
-    """oneDNN's ``x @ weight.T + bias`` (``post``: "none" or "relu") on a contiguous 2-D
-    ``weight``; ``x`` is flattened to 2-D and made contiguous, where oneDNN is many times
-    faster."""
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
-    y = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, post, [], "")
-    return y.view(*x.shape[:-1], weight.shape[0])
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:
-    """``x @ weight.T + bias`` (then ReLU), through oneDNN for fp32 CPU inference.
-
-    MKL's sgemm runs these shapes at half the speed of oneDNN's matmul on AMD CPUs; oneDNN has
-    no backward, so it is used only where no gradient is recorded.
-    """
-    if _onednn_applies(x, weight):
-        return _onednn_linear(x, weight, bias, "relu" if relu else "none")
-    y = F.linear(x, weight, bias)
-    return y.relu_() if relu else y
 
 
 def _mlp(mlp: MLP, x: Tensor) -> Tensor:
-    """``mlp(x)`` for a plain MLP (no residual, no output norm) through :func:`_linear`."""
+    """``mlp(x)`` for a plain MLP (no residual, no output norm) through :func:`inference_linear`."""
     last = len(mlp.layers) - 1
     for i, layer in enumerate(mlp.layers):
-        x = _linear(x, layer.weight, layer.bias, relu=i < last)
+        x = inference_linear(x, layer.weight, layer.bias, relu=i < last)
     return x
 
 
@@ -84,21 +50,21 @@ def _attend(
     dim, heads = mha.embed_dim, mha.num_heads
     w, b = mha.in_proj_weight, mha.in_proj_bias
     if q is k:  # self-attention: one projection for queries and keys
-        q, k = _linear(q, w[: 2 * dim], b[: 2 * dim]).chunk(2, dim=-1)
-        v = _linear(v, w[2 * dim :], b[2 * dim :])
+        q, k = inference_linear(q, w[: 2 * dim], b[: 2 * dim]).chunk(2, dim=-1)
+        v = inference_linear(v, w[2 * dim :], b[2 * dim :])
     elif k is v:
-        q = _linear(q, w[:dim], b[:dim])
-        k, v = _linear(k, w[dim:], b[dim:]).chunk(2, dim=-1)
+        q = inference_linear(q, w[:dim], b[:dim])
+        k, v = inference_linear(k, w[dim:], b[dim:]).chunk(2, dim=-1)
     else:
-        q = _linear(q, w[:dim], b[:dim])
-        k = _linear(k, w[dim : 2 * dim], b[dim : 2 * dim])
-        v = _linear(v, w[2 * dim :], b[2 * dim :])
+        q = inference_linear(q, w[:dim], b[:dim])
+        k = inference_linear(k, w[dim : 2 * dim], b[dim : 2 * dim])
+        v = inference_linear(v, w[2 * dim :], b[2 * dim :])
     length, batch = q.shape[:2]
     out = F.scaled_dot_product_attention(
         _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads), attn_mask=mask
     )
     out = out.permute(2, 0, 1, 3).reshape(length, batch, dim)
-    return _linear(out, mha.out_proj.weight, mha.out_proj.bias)
+    return inference_linear(out, mha.out_proj.weight, mha.out_proj.bias)
 
 
 def _box_attention(
@@ -121,26 +87,26 @@ def _box_attention(
     w, b = mha.in_proj_weight, mha.in_proj_bias
     length, batch = query.shape[:2]
     height, width = feat_size
-    if not (_onednn_applies(query, w) and _onednn_applies(memory, w)):
+    if not (onednn_linear_applies(query, w) and onednn_linear_applies(memory, w)):
         bias = (bias_y[..., None] + bias_x[..., None, :]).flatten(3)  # [B, heads, Q, HW]
         return _attend(mha, query, keyed, memory, F.pad(bias, (0, 0, 1, 0)))
     head_dim = dim // heads
-    q = _onednn_linear(query, w[:dim], b[:dim]) * head_dim**-0.5
+    q = onednn_linear(query, w[:dim], b[:dim]) * head_dim**-0.5
     q = q.view(length, batch, heads, head_dim).permute(1, 2, 0, 3).contiguous()
     out = query.new_empty(length, batch, dim)
     for i in range(batch):
-        k = _onednn_linear(keyed[:, i], w[dim : 2 * dim], b[dim : 2 * dim])
+        k = onednn_linear(keyed[:, i], w[dim : 2 * dim], b[dim : 2 * dim])
         k = k.view(-1, heads, head_dim).transpose(0, 1).contiguous()  # [heads, HW, d]
         # values transposed, without their bias: softmax rows sum to one, so it is added after
-        values_t = _onednn_linear(w[2 * dim :], memory[:, i].contiguous(), None)  # [C, HW]
+        values_t = onednn_linear(w[2 * dim :], memory[:, i].contiguous(), None)  # [C, HW]
         for h in range(heads):
-            logits = _onednn_linear(q[i, h], k[h], None)  # [1+Q, HW]
+            logits = onednn_linear(q[i, h], k[h], None)  # [1+Q, HW]
             box = logits[1:].view(length - 1, height, width)
             box.add_(bias_y[i, h, :, :, None]).add_(bias_x[i, h, :, None, :])
             cols = slice(h * head_dim, (h + 1) * head_dim)
-            out[:, i, cols] = _onednn_linear(logits.softmax(-1), values_t[cols], None)
+            out[:, i, cols] = onednn_linear(logits.softmax(-1), values_t[cols], None)
     out += b[2 * dim :]
-    return _linear(out, mha.out_proj.weight, mha.out_proj.bias)
+    return inference_linear(out, mha.out_proj.weight, mha.out_proj.bias)
 
 
 class TransformerDecoderLayer(nn.Module):
@@ -184,8 +150,8 @@ class TransformerDecoderLayer(nn.Module):
             self.cross_attn, x + pos, memory_keyed, memory, *box_bias, feat_size
         )
         x = self.norm1(x + attended)
-        hidden = _linear(x, self.linear1.weight, self.linear1.bias, relu=True)
-        return self.norm3(x + _linear(hidden, self.linear2.weight, self.linear2.bias))
+        hidden = inference_linear(x, self.linear1.weight, self.linear1.bias, relu=True)
+        return self.norm3(x + inference_linear(hidden, self.linear2.weight, self.linear2.bias))
 
 
 class TransformerDecoder(nn.Module):
