@@ -1,20 +1,27 @@
-"""Figures the benchmarks print must be true: a cosine similarity is never above 1."""
+"""Figures the benchmarks print must be true: a cosine similarity is never above 1, IoUs and
+agreement figures are those worked out by hand, ratios are paired per round."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_vs_reference.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("teacher_vs_reference", BENCH)
+def _bench(name: str = "teacher_vs_reference"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def heads():
+    return _bench("heads_vs_reference")
 
 
 def test_flat_cosine_of_a_trunk_sized_map_stays_within_one():
@@ -26,3 +33,78 @@ def test_flat_cosine_of_a_trunk_sized_map_stays_within_one():
     cosine = _bench().flat_cosine
     assert cosine(a, a) <= 1.0 and abs(cosine(a, a) - 1.0) < 1e-12
     assert 0.99999 < cosine(c, a) <= 1.0
+
+
+def test_box_iou_pairs_by_hand(heads):
+    a = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 4, 1], [1, 1, 1, 1]])
+    b = torch.tensor([[1.0, 1, 3, 3], [0, 0, 2, 2], [2, 2, 3, 3], [1, 0, 2, 1], [1, 1, 1, 1]])
+    # overlap 1 of union 4 + 4 - 1; identical; disjoint; inside (1 of 4); both empty
+    expected = torch.tensor([1 / 7, 1.0, 0.0, 0.25, 0.0], dtype=torch.float64)
+    assert torch.allclose(heads.box_iou_pairs(a, b), expected)
+
+
+def test_mask_iou_pairs_by_hand(heads):
+    a = torch.zeros(3, 2, 4, dtype=torch.bool)
+    b = torch.zeros(3, 2, 4, dtype=torch.bool)
+    a[0, :, :2] = True  # 4 pixels
+    b[0, :, 1:3] = True  # 4 pixels, 2 shared: 2 / 6
+    a[1] = True  # against an empty mask: 0
+    # masks 2: both empty, so they agree
+    expected = torch.tensor([1 / 3, 0.0, 1.0], dtype=torch.float64)
+    assert torch.allclose(heads.mask_iou_pairs(a, b), expected)
+
+
+def _outputs(logits: list[float], boxes: list[list[float]], masks: torch.Tensor) -> dict:
+    return {
+        "pred_logits": torch.tensor(logits).view(1, -1, 1),
+        "presence_logit_dec": torch.zeros(1, 1),  # sigmoid 0.5
+        "pred_boxes_xyxy": torch.tensor(boxes).view(1, -1, 4),
+        "pred_masks": masks[None],
+    }
+
+
+def test_top_k_agreement_on_the_reference_top_queries(heads):
+    boxes = [[0.0, 0, 2, 2], [0, 0, 1, 1], [0, 0, 4, 4], [2, 2, 3, 3]]
+    masks = torch.full((4, 2, 2), -1.0)
+    masks[:, 0, 0] = 1.0  # every reference mask is one pixel
+    ref = _outputs([3.0, -2.0, 1.0, 0.0], boxes, masks)  # top-2: queries 0 and 2
+    other_boxes = [list(b) for b in boxes]
+    other_boxes[0] = [1.0, 1, 3, 3]  # IoU 1/7 with the reference's
+    other_masks = masks.clone()
+    other_masks[2, 0, 1] = 1.0  # two pixels against one: IoU 1/2
+    other = _outputs([3.0, 2.0, 0.0, 0.0], other_boxes, other_masks)  # its top-2: 0 and 1
+    got = heads.top_k_agreement(ref, other, k=2)
+    sig = torch.sigmoid(torch.tensor(1.0)).item()
+    assert got["k"] == 2
+    assert got["box_iou_mean"] == pytest.approx((1 / 7 + 1) / 2)
+    assert got["box_iou_min"] == pytest.approx(1 / 7)
+    assert got["mask_iou_mean"] == pytest.approx(0.75)
+    assert got["mask_iou_min"] == pytest.approx(0.5)
+    assert got["score_diff_max"] == pytest.approx(0.5 * (sig - 0.5))  # query 2's score
+    assert got["score_diff_mean"] == pytest.approx(0.25 * (sig - 0.5))
+    assert got["shared_top_k"] == 0.5
+    assert heads.top_k_agreement(ref, ref, k=10)["k"] == 4  # k is capped at the queries
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios(heads):
+    # per round 2, 1, 3 -> 2; the ratio of the medians would be 4 / 3
+    assert heads.paired_ratio([2.0, 4.0, 9.0], [1.0, 4.0, 3.0]) == 2.0
+    with pytest.raises(ValueError):
+        heads.paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_uncontended_median_drops_runs_that_lost_their_cores(heads):
+    times, cores = [1.0, 9.0, 3.0, 2.0], [1.9, 0.9, 1.6, 1.5]  # 0.9 of 2 threads: contended
+    assert heads.uncontended_median(times, cores, threads=2) == 2.0
+    assert heads.uncontended_median(times, cores, threads=4) is None  # none kept 3 of 4 busy
+
+
+def test_cpu_bf16_flags_read_the_flags_line(heads):
+    # only the flags line counts, and whole words only
+    text = "processor\t: 0\nmodel name\t: amx_bf16 lookalike\nflags\t\t: fpu avx512f avx512_bf16\n"
+    assert heads.cpu_bf16_flags(text) == {
+        "avx512_bf16": True,
+        "amx_bf16": False,
+        "amx_tile": False,
+    }
+    assert not any(heads.cpu_bf16_flags("flags\t: amx_bf16x avx512_bf16_\n").values())
