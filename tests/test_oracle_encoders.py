@@ -143,8 +143,8 @@ def test_full_size_encoders_match_meta(oracle):
 
 # attention(): (name, L, M, batch, inputs shared, padded keys per batch entry, formulation)
 ATTENTION_CASES = [
-    ("self", 50, 50, 2, "qk", [0, 9], "_attend_heads"),
-    ("self_shared", 40, 40, 1, "qkv", None, "_attend_heads"),
+    ("self", 50, 50, 2, "qk", [0, 9], "project_attend"),
+    ("self_shared", 40, 40, 1, "qkv", None, "project_attend"),
     ("few_queries", 3, 140, 2, "", [4, 0], "_attend_few_queries"),
     ("few_keys", 140, 7, 2, "kv", [0, 3], "_attend_few_keys"),
     ("few_keys_unpadded", 140, 7, 1, "", [0], "_attend_few_keys"),
@@ -169,7 +169,7 @@ def test_attention_matches_multihead_attention(case, grad, monkeypatch):
     with torch.no_grad():
         want = mha(query, key, value, key_padding_mask=mask, need_weights=False)[0]
     used = []
-    for name in ("_attend_heads", "_attend_few_queries", "_attend_few_keys"):
+    for name in ("project_attend", "_attend_few_queries", "_attend_few_keys"):
         real = getattr(encoder_layer, name)
         spy = lambda *a, real=real, name=name: used.append(name) or real(*a)  # noqa: E731
         monkeypatch.setattr(encoder_layer, name, spy)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
+from .encoder_layer import project_attend
 from .heads_config import HeadsConfig
 from .mlp import MLP
 from .packed_linear import inference_linear, onednn_linear, onednn_linear_applies
@@ -34,37 +35,6 @@ def _mlp(mlp: MLP, x: Tensor) -> Tensor:
     for i, layer in enumerate(mlp.layers):
         x = inference_linear(x, layer.weight, layer.bias, relu=i < last)
     return x
-
-
-def _split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """``[L, B, C]`` -> ``[B, heads, L, C / heads]`` (a view)."""
-    return x.unflatten(-1, (num_heads, -1)).permute(1, 2, 0, 3)
-
-
-def _attend(
-    mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
-) -> Tensor:
-    """Projected attention with ``mha``'s weights; ``q``/``k``/``v`` are the raw inputs
-    (``q is k`` or ``k is v`` share one projection). ``mask``: additive float or keep-True
-    bool, broadcastable to ``[B, heads, Lq, Lk]``."""
-    dim, heads = mha.embed_dim, mha.num_heads
-    w, b = mha.in_proj_weight, mha.in_proj_bias
-    if q is k:  # self-attention: one projection for queries and keys
-        q, k = inference_linear(q, w[: 2 * dim], b[: 2 * dim]).chunk(2, dim=-1)
-        v = inference_linear(v, w[2 * dim :], b[2 * dim :])
-    elif k is v:
-        q = inference_linear(q, w[:dim], b[:dim])
-        k, v = inference_linear(k, w[dim:], b[dim:]).chunk(2, dim=-1)
-    else:
-        q = inference_linear(q, w[:dim], b[:dim])
-        k = inference_linear(k, w[dim : 2 * dim], b[dim : 2 * dim])
-        v = inference_linear(v, w[2 * dim :], b[2 * dim :])
-    length, batch = q.shape[:2]
-    out = F.scaled_dot_product_attention(
-        _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads), attn_mask=mask
-    )
-    out = out.permute(2, 0, 1, 3).reshape(length, batch, dim)
-    return inference_linear(out, mha.out_proj.weight, mha.out_proj.bias)
 
 
 def _box_attention(
@@ -89,7 +59,7 @@ def _box_attention(
     height, width = feat_size
     if not (onednn_linear_applies(query, w) and onednn_linear_applies(memory, w)):
         bias = (bias_y[..., None] + bias_x[..., None, :]).flatten(3)  # [B, heads, Q, HW]
-        return _attend(mha, query, keyed, memory, F.pad(bias, (0, 0, 1, 0)))
+        return project_attend(mha, query, keyed, memory, F.pad(bias, (0, 0, 1, 0)))
     head_dim = dim // heads
     q = onednn_linear(query, w[:dim], b[:dim]) * head_dim**-0.5
     q = q.view(length, batch, heads, head_dim).permute(1, 2, 0, 3).contiguous()
@@ -144,8 +114,8 @@ class TransformerDecoderLayer(nn.Module):
         ``[B, heads, Q, W]`` of the queries' box bias.
         """
         q = x + pos
-        x = self.norm2(x + _attend(self.self_attn, q, q, x, None))
-        x = self.catext_norm(x + _attend(self.ca_text, x + pos, prompt, prompt, prompt_keep))
+        x = self.norm2(x + project_attend(self.self_attn, q, q, x, None))
+        x = self.catext_norm(x + project_attend(self.ca_text, x + pos, prompt, prompt, prompt_keep))
         attended = _box_attention(
             self.cross_attn, x + pos, memory_keyed, memory, *box_bias, feat_size
         )

@@ -55,14 +55,22 @@ def attention(
         return _attend_few_queries(mha, query, key, value, mask)
     if lq and m and m * dim + (heads - 1) * lq * m < lq * dim:
         return _attend_few_keys(mha, query, key, value, mask)
-    return _attend_heads(mha, query, key, value, mask)
+    keep = None if mask is None else ~mask[:, None, None, :]
+    return project_attend(mha, query, key, value, keep)
 
 
-def _attend_heads(
-    mha: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None
+def project_attend(
+    mha: nn.MultiheadAttention,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
 ) -> Tensor:
-    """Project, attend head by head in one SDPA call, project back. Inputs that are the same
-    tensor (``query is key``, ``key is value``) share one projection."""
+    """Project with ``mha``'s weights, attend head by head in one SDPA call, project back.
+
+    Sequence-first inputs; the same tensor given twice (``query is key``, ``key is value``)
+    is projected once. ``attn_mask``: keep-True bool or additive float, broadcastable to
+    ``[B, heads, L, M]``."""
     dim, heads = mha.embed_dim, mha.num_heads
     w, b = mha.in_proj_weight, mha.in_proj_bias
     if query is key and key is value:
@@ -82,7 +90,7 @@ def _attend_heads(
         _split_heads(q, heads),
         _split_heads(k, heads),
         _split_heads(v, heads),
-        attn_mask=None if mask is None else ~mask[:, None, None, :],
+        attn_mask=attn_mask,
     )
     out = out.permute(2, 0, 1, 3).reshape(length, batch, dim)
     return inference_linear(out, mha.out_proj.weight, mha.out_proj.bias)
