@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from .checkpoint import CheckpointError
-from .model.heads_config import HeadsConfig
+from .model.heads_config import HeadsConfig, SamHeadsConfig
 from .model.text_encoder import TextConfig
 from .model.vit import ViTConfig
 
@@ -29,6 +29,9 @@ HEAD_ROOTS = (  # where each detector head lives (under ``detector.``)
     "dot_prod_scoring.",
     "segmentation_head.",
 )
+TRACKER = "tracker."  # the interactive heads' keys in sam3.pt (not under ``detector.``)
+SAM_HEAD_ROOTS = (TRACKER + "sam_prompt_encoder.", TRACKER + "sam_mask_decoder.")
+SAM2_NECK = "detector." + NECK + "sam2_convs."  # the second neck the interactive heads read
 TEXT_HEAD_WIDTH = 64  # width per text attention head (SAM3: 1024 / 16)
 HEADS_HEAD_WIDTH = 32  # width per detector attention head (SAM3: 256 / 8)
 
@@ -49,6 +52,7 @@ class ImageModelConfig:
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # trunk, neck, text
     heads: HeadsConfig = field(default_factory=HeadsConfig)  # everything after the backbone
+    sam_heads: SamHeadsConfig = field(default_factory=SamHeadsConfig)  # interactive heads
 
 
 def _count(state: Mapping[str, Tensor], prefix: str) -> int:
@@ -126,6 +130,30 @@ def infer_heads_config(state: Mapping[str, Tensor], prefix: str = "detector.") -
     )
 
 
+def has_interactive_heads(state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` holds the interactive path: the SAM heads and the second neck."""
+    roots = (*SAM_HEAD_ROOTS, SAM2_NECK)
+    return all(any(k.startswith(root) for k in state) for root in roots)
+
+
+def infer_sam_heads_config(state: Mapping[str, Tensor], prefix: str = TRACKER) -> SamHeadsConfig:
+    """The interactive SAM heads' sizes from their tensors (heads: ``width // 32``)."""
+    dec, enc = prefix + "sam_mask_decoder.", prefix + "sam_prompt_encoder."
+    tokens, width = _need(state, dec + "mask_tokens.weight", "interactive heads").shape
+    mlp = _need(state, dec + "transformer.layers.0.mlp.lin1.weight", "interactive heads")
+    chans = _need(state, enc + "mask_downscaling.3.weight", "interactive heads")
+    iou = _need(state, dec + "iou_prediction_head.layers.0.weight", "interactive heads")
+    return SamHeadsConfig(
+        embed_dim=width,
+        num_heads=max(1, width // HEADS_HEAD_WIDTH),
+        depth=_count(state, dec + "transformer.layers."),
+        mlp_dim=mlp.shape[0],
+        mask_in_chans=chans.shape[0],
+        iou_head_hidden=iou.shape[0],
+        num_multimask=tokens - 1,
+    )
+
+
 def infer_image_config(
     state: Mapping[str, Tensor], vision: bool = True, text: bool = True, prefix: str = "detector."
 ) -> ImageModelConfig:
@@ -140,4 +168,7 @@ def infer_image_config(
         text=infer_text_config(state, prefix + TEXT) if text else TextConfig(),
         d_model=d_model,
     )
-    return ImageModelConfig(backbone=backbone, heads=infer_heads_config(state, prefix))
+    sam_heads = infer_sam_heads_config(state) if has_interactive_heads(state) else SamHeadsConfig()
+    return ImageModelConfig(
+        backbone=backbone, heads=infer_heads_config(state, prefix), sam_heads=sam_heads
+    )

@@ -148,24 +148,39 @@ def _kind(t: Tensor) -> str:
     return "float" if t.is_floating_point() else "integer"
 
 
+def _file_key(name: str, prefix: str, routes: Mapping[str, str]) -> str:
+    for module_prefix, file_prefix in routes.items():
+        if name.startswith(module_prefix):
+            return file_prefix + name[len(module_prefix) :]
+    return prefix + name
+
+
 def load_strict(
-    module: nn.Module, state: Mapping[str, Tensor], prefix: str = "", source: str = "<memory>"
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    prefix: str = "",
+    source: str = "<memory>",
+    routes: Mapping[str, str] | None = None,
 ) -> LoadReport:
     """Load the keys of ``state`` under ``prefix`` into ``module``; fail on any gap.
 
     Every tensor of ``module.state_dict()`` must be present as ``prefix + name`` with the same
-    shape and kind (float/complex/integer); values are cast to the module's dtype. Keys the
-    module does not use are returned, grouped, in the report.
+    shape and kind (float/complex/integer); values are cast to the module's dtype. ``routes``
+    maps module-name prefixes to other file prefixes (e.g. ``{"tracker.": "tracker."}``: the
+    image model's interactive heads load from ``tracker.*``, the rest from ``detector.*``).
+    Keys the module does not use are returned, grouped, in the report.
     """
     own = module.state_dict()
+    names = {name: _file_key(name, prefix, routes or {}) for name in own}
     missing, mismatched = [], []
     for name, target in own.items():
-        src = state.get(prefix + name)
+        key = names[name]
+        src = state.get(key)
         if src is None:
-            missing.append(prefix + name)
+            missing.append(key)
         elif src.shape != target.shape or _kind(src) != _kind(target):
             mismatched.append(
-                f"{prefix + name}: file {tuple(src.shape)} {src.dtype}, "
+                f"{key}: file {tuple(src.shape)} {src.dtype}, "
                 f"model {tuple(target.shape)} {target.dtype}"
             )
     if missing or mismatched:
@@ -178,8 +193,8 @@ def load_strict(
             )
         parts.append("check that the file is a SAM3 checkpoint and that the build options match it")
         raise CheckpointError("\n".join(parts))
-    module.load_state_dict({name: state[prefix + name] for name in own}, strict=True)
-    used = [prefix + name for name in own]
+    module.load_state_dict({name: state[key] for name, key in names.items()}, strict=True)
+    used = list(names.values())
     used_set = set(used)
     unused = [k for k in state if k not in used_set]
     return LoadReport(source, prefix, len(used), group_by_prefix(unused, used))
@@ -190,15 +205,16 @@ def load_sam3_checkpoint(
     checkpoint: str | Path | Mapping[str, Tensor],
     prefix: str,
     source: str = "<state dict>",
+    routes: Mapping[str, str] | None = None,
 ) -> LoadReport:
-    """Read ``checkpoint`` (a path or a state dict) and :func:`load_strict` it into ``module``,
-    then check every RoPE table it brought against the one the module's geometry implies.
-    ``source`` names an in-memory state dict in messages."""
+    """Read ``checkpoint`` (a path or a state dict) and :func:`load_strict` it into ``module``
+    (``routes`` as there), then check every RoPE table it brought against the one the module's
+    geometry implies. ``source`` names an in-memory state dict in messages."""
     if isinstance(checkpoint, Mapping):
         state = checkpoint
     else:
         state, source = read_state_dict(checkpoint), str(checkpoint)
-    report = load_strict(module, state, prefix, source)
+    report = load_strict(module, state, prefix, source, routes)
     bad = [
         f"{name}.{block}" if name else block
         for name, sub in module.named_modules()

@@ -122,3 +122,23 @@ def check_no_foreign_keys(
             f"first: {foreign[:MAX_LISTED]}. Leftover teacher keys? Merge again with the Stage-1 "
             "converters: they remove the whole teacher part a student replaces"
         )
+
+
+def merged_students(
+    meta: dict,
+    path: Path,
+    image_student: str | None,
+    text_student: str | None,
+    enable_vision: bool = True,
+    enable_text: bool = True,
+) -> tuple[dict | None, dict | None]:
+    """The merged file's student records (``None`` where SAM3's part stays); at least one."""
+    image = student_entry(meta, "image", image_student, path) if enable_vision else None
+    text = student_entry(meta, "text", text_student, path) if enable_text else None
+    if image is None and text is None:
+        raise CheckpointError(
+            f"{path} names no student for the parts built (its meta has "
+            f"{sorted(meta.get('students') or {})}) — use the SAM3 builders for a plain SAM3 "
+            "checkpoint, or pass image_student=/text_student= for a merged file without meta"
+        )
+    return image, text

@@ -10,7 +10,6 @@ and thresholded at 0.5 after a sigmoid (only the kept ones).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,10 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .instance import MAX_HOLE_AREA, InstanceMasks, prepare_prompt, to_instance_masks
 from .model.box_ops import box_cxcywh_to_xyxy
 from .model.prompt import GeometricPrompt
 from .model.sam3_image import BOXES_ONLY_TEXT
-from .preprocess import ImageGeometry, Preprocessing, preprocess
+from .preprocess import ImageGeometry, Preprocessing, clip_box, preprocess
 
 TEXT_CACHE_SIZE = 16  # captions whose encodings are kept across photos
 
@@ -54,26 +54,7 @@ class ImageState:
     prompt: GeometricPrompt | None = None
     boxes: list[tuple[list[float], bool]] = field(default_factory=list)  # pixels xyxy, positive
     raw: dict[str, Any] | None = None  # the last prompt's outputs
-
-
-def clip_box(box: Sequence[float], width: int, height: int) -> list[float]:
-    """An xyxy pixel box clipped to a ``width x height`` photo; ``ValueError`` unless it is 4
-    finite numbers with ``x1 > x0``, ``y1 > y0`` and some overlap with the photo."""
-    try:
-        values = [float(v) for v in box]
-    except (TypeError, ValueError):
-        raise ValueError(f"a box is 4 numbers x0 y0 x1 y1, got {box!r}") from None
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"a box is 4 finite numbers x0 y0 x1 y1, got {box!r}")
-    x0, y0, x1, y1 = values
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {values} needs x1 > x0 and y1 > y0 (xyxy pixels)")
-    cx = lambda v: min(max(v, 0.0), float(width))  # noqa: E731
-    cy = lambda v: min(max(v, 0.0), float(height))  # noqa: E731
-    clipped = [cx(x0), cy(y0), cx(x1), cy(y1)]
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        raise ValueError(f"box {values} lies outside the {width}x{height} image")
-    return clipped
+    interactive: dict[str, Any] | None = None  # the SAM heads' image features, once computed
 
 
 class Sam3Predictor:
@@ -86,6 +67,8 @@ class Sam3Predictor:
         device: where to run (the model is moved there); default: the model's parameters'.
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under ``torch.autocast``;
             results are float32 either way.
+        max_hole_area: background holes of at most this many low-resolution cells are filled
+            in :meth:`predict_inst`'s masks (SAM3's 256; 0 turns it off).
     """
 
     def __init__(
@@ -94,6 +77,7 @@ class Sam3Predictor:
         confidence_threshold: float = 0.5,
         device: torch.device | str | None = None,
         autocast_dtype: torch.dtype | None = None,
+        max_hole_area: float = MAX_HOLE_AREA,
     ):
         if device is None:
             param = next(iter(model.parameters()), None)
@@ -110,6 +94,7 @@ class Sam3Predictor:
         self.confidence_threshold = 0.5
         self.set_confidence_threshold(confidence_threshold)
         self._text_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.max_hole_area = float(max_hole_area)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -220,6 +205,64 @@ class Sam3Predictor:
         if state is not None and state.raw is not None:
             return self._postprocess(state)
         return None
+
+    @torch.inference_mode()
+    def predict_inst(
+        self,
+        state: ImageState,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        box: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+    ) -> InstanceMasks:
+        """Segment the object that clicks and/or a box point at (SAM's task, SAM3's SAM heads).
+
+        Args:
+            state: from :meth:`set_image` (its backbone outputs are reused).
+            point_coords: ``[P, 2]`` (x, y) in the photo's pixels, or ``[N, P, 2]`` for ``N``
+                prompt sets at once.
+            point_labels: ``[P]`` / ``[N, P]``: 1 positive, 0 negative.
+            box: ``[x0, y0, x1, y1]`` in the photo's pixels, or ``[N, 4]`` (many boxes at once;
+                one per point set when both are given).
+            mask_input: low-resolution logits ``[4S, 4S]`` (or ``[N, 1, 4S, 4S]``), e.g. one of
+                an earlier call's ``low_res_logits``, to refine.
+            multimask_output: three candidate masks per prompt set (best for one click), or
+                the one SAM3 selects (best for boxes and several clicks).
+
+        Returns:
+            :class:`InstanceMasks`; batched prompts give a leading ``N``.
+        """
+        if not isinstance(state, ImageState):
+            raise ValueError(f"call set_image(photo) first and pass its state, got {state!r}")
+        model = self.model
+        if not getattr(model, "has_interactivity", False):
+            raise ValueError(
+                "this model has no interactive heads — load it with "
+                "enable_inst_interactivity=True for point and box prompts"
+            )
+        heads = model.tracker
+        prompt = prepare_prompt(
+            state.geometry,
+            heads.mask_input_size,
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            self.device,
+        )
+        with self._autocast():
+            if state.interactive is None:
+                state.interactive = model.interactive_features(state.image)
+            out = heads(
+                state.interactive,
+                prompt.point_coords,
+                prompt.point_labels,
+                prompt.boxes,
+                prompt.mask_input,
+                multimask_output=bool(multimask_output),
+            )
+        return to_instance_masks(out, state.geometry, prompt.batched, self.max_hole_area)
 
     @torch.inference_mode()
     def _ground(self, state: ImageState) -> Detections:

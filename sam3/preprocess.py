@@ -13,6 +13,7 @@ between the two, exactly for both modes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,10 +100,11 @@ class ImageGeometry:
         x0, y0, x1, y1 = (float(v) for v in box_xyxy)
         return [(x0 + x1) / 2 / sx, (y0 + y1) / 2 / sy, (x1 - x0) / sx, (y1 - y0) / sy]
 
-    def masks_to_image(self, mask_logits: Tensor) -> Tensor:
+    def masks_to_image(self, mask_logits: Tensor, sigmoid: bool = True) -> Tensor:
         """Mask logits ``[N, h, w]`` over the input square -> bool ``[N, orig_h, orig_w]``.
 
-        Bilinear (``align_corners=False``), sigmoid, ``> 0.5``, as SAM3 does. In pad mode only
+        Bilinear (``align_corners=False``), then ``sigmoid > 0.5`` as SAM3's detector does
+        (``sigmoid=False``: ``logits > 0``, as its interactive predictor does). In pad mode only
         the rows/columns that cover the photo are upsampled, with the photo's true extent in
         mask cells (fractional when ``valid * h / img_size`` is not whole; the last, partly
         padded cell is then extended as the image border is).
@@ -132,8 +134,30 @@ class ImageGeometry:
                     align_corners=False,
                     recompute_scale_factor=False,
                 )[..., : self.orig_h, : self.orig_w]
-            out[start : start + MASK_CHUNK] = up[:, 0].sigmoid() > 0.5
+            out[start : start + MASK_CHUNK] = (
+                (up[:, 0].sigmoid() > 0.5) if sigmoid else up[:, 0] > 0
+            )
         return out
+
+
+def clip_box(box: Sequence[float], width: int, height: int) -> list[float]:
+    """An xyxy pixel box clipped to a ``width x height`` photo; ``ValueError`` unless it is 4
+    finite numbers with ``x1 > x0``, ``y1 > y0`` and some overlap with the photo."""
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        raise ValueError(f"a box is 4 numbers x0 y0 x1 y1, got {box!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"a box is 4 finite numbers x0 y0 x1 y1, got {box!r}")
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box {values} needs x1 > x0 and y1 > y0 (xyxy pixels)")
+    cx = lambda v: min(max(v, 0.0), float(width))  # noqa: E731
+    cy = lambda v: min(max(v, 0.0), float(height))  # noqa: E731
+    clipped = [cx(x0), cy(y0), cx(x1), cy(y1)]
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise ValueError(f"box {values} lies outside the {width}x{height} image")
+    return clipped
 
 
 def to_uint8_chw(image: Any) -> Tensor:

@@ -1,4 +1,5 @@
-"""A merged EfficientSAM3 checkpoint runs SAM3's detector heads on its students' features."""
+"""A merged EfficientSAM3 checkpoint runs SAM3's detector heads and its interactive SAM heads on
+its students' features."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sam3 import predict
 from sam3.arch import ImageModelConfig
 from sam3.checkpoint import read_checkpoint
 from sam3.merged import StudentTrunk
-from sam3.model.heads_config import HeadsConfig
+from sam3.model.heads_config import HeadsConfig, SamHeadsConfig
 from sam3.model.neck import DualViTDetNeck
 from sam3.model.prompt import GeometricPrompt
 from sam3.model.sam3_image import Sam3ImageModel
@@ -47,13 +48,18 @@ def merged(tmp_path_factory):
     """A tiny SAM3 image model saved in sam3.pt's layout, ES-EV-S and ES-MC-S merged into it."""
     base = tmp_path_factory.mktemp("merged_image")
     torch.manual_seed(0)
-    teacher = build_sam3_image_model(cfg=CONFIG)
+    teacher = build_sam3_image_model(cfg=CONFIG, enable_inst_interactivity=True)
     sam3 = base / "sam3_tiny.pt"
-    torch.save({"model": {"detector." + k: v for k, v in teacher.state_dict().items()}}, sam3)
+    torch.save({"model": sam3_layout(teacher.state_dict())}, sam3)
     image = _student_ckpt(base / "image.pth", "es_ev_s.yaml", "vision", seed=1)
     text = _student_ckpt(base / "text.pth", "es_mc_s.yaml", "text", seed=2)
     out = run_merge(sam3, base / "merged.pth", image, text).output
     return {"sam3": sam3, "image": image, "text": text, "merged": Path(out), "base": base}
+
+
+def sam3_layout(state: dict) -> dict:
+    """Our image model's state dict under sam3.pt's names (``tracker.*`` keep theirs)."""
+    return {(k if k.startswith("tracker.") else "detector." + k): v for k, v in state.items()}
 
 
 def _by_hand(files: dict) -> Sam3ImageModel:
@@ -69,11 +75,18 @@ def _by_hand(files: dict) -> Sam3ImageModel:
         student = build_model(cfg, kind)
         student.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
         parts[kind] = student
-    neck = DualViTDetNeck(StudentTrunk(parts["vision"]), CONFIG.backbone.d_model)
-    model = Sam3ImageModel(SAM3VLBackbone(neck, parts["text"]), HEADS)
+    neck = DualViTDetNeck(
+        StudentTrunk(parts["vision"]), CONFIG.backbone.d_model, add_sam2_neck=True
+    )
+    model = Sam3ImageModel(
+        SAM3VLBackbone(neck, parts["text"]),
+        HEADS,
+        sam_heads=SamHeadsConfig(),
+        interactive_size=(8, 112),  # the student's embedding grid and input size
+    )
     teacher = torch.load(files["sam3"], weights_only=True)["model"]
     rest = {
-        k[len("detector.") :]: v
+        k.removeprefix("detector."): v
         for k, v in teacher.items()
         if not k.startswith(
             ("detector.backbone.vision_backbone.trunk.", "detector.backbone.language")
@@ -106,6 +119,41 @@ def test_merged_file_gives_the_outputs_of_the_parts_assembled_by_hand(merged):
     _, meta = read_checkpoint(merged["merged"])
     assert model.preprocessing == meta["preprocessing"]
     assert type(load_image_model(merged["merged"]).backbone.vision_backbone.trunk) is StudentTrunk
+
+
+def _clicks(model: Sam3ImageModel) -> list[dict]:
+    """A box, a point, and the box + two clicks refined with the first call's logits."""
+    x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.inference_mode():
+        features = model.interactive_features(model.forward_image(x))
+        box = model.tracker(features, boxes=torch.tensor([[20.0, 15.0, 90.0, 100.0]]))
+        point = model.tracker(features, torch.tensor([[[50.0, 60.0]]]), torch.tensor([[1]]))
+        refined = model.tracker(
+            features,
+            torch.tensor([[[40.0, 30.0], [70.0, 80.0]]]),
+            torch.tensor([[1, 0]]),
+            boxes=torch.tensor([[20.0, 15.0, 90.0, 100.0]]),
+            mask_input=box["low_res_masks"][:, :1],
+            multimask_output=False,
+        )
+    return [box, point, refined]
+
+
+def test_merged_file_with_interactivity_matches_the_parts_assembled_by_hand(merged):
+    """The vision student feeds both necks; SAM3's SAM heads run on the second one."""
+    model = build_efficientsam3_image_model(merged["merged"], enable_inst_interactivity=True)
+    assert model.tracker.sam_prompt_encoder.embedding_size == 8
+    assert model.tracker.input_size == 112
+    ours, theirs = _clicks(model), _clicks(_by_hand(merged))
+    for a, b in zip(ours, theirs):
+        for key in ("all_masks", "all_iou", "object_score_logits", "mask_index"):
+            assert torch.equal(a[key], b[key]), key
+    assert ours[0]["all_masks"].shape == (1, 4, 32, 32)
+    report = model.load_report
+    assert not any(group.startswith("tracker.sam") for group in report.unused)
+    plain = load_image_model(merged["merged"])
+    assert not plain.has_interactivity
+    assert plain.load_report.unused["detector.backbone.vision_backbone.sam2_convs"] == 22
 
 
 def test_predictor_and_cli_run_on_the_merged_file(merged, capsys):

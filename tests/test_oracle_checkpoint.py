@@ -132,3 +132,71 @@ def test_backbone_only_file_is_refused_with_a_clear_error(sam3_file, tmp_path):
     torch.save({k: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}, path)
     with pytest.raises(CheckpointError, match="not its detector heads"):
         build_sam3_image_model(path)
+
+
+VIDEO_ONLY = {  # the tracker's video-only parts, as sam3.pt names them, and their key counts
+    "tracker.transformer": 106,
+    "tracker.maskmem_backbone": 40,
+    "tracker.obj_ptr_proj": 6,
+    "tracker.obj_ptr_tpos_proj": 2,
+    "tracker.mask_downsample": 2,
+    "tracker.maskmem_tpos_enc": 1,
+    "tracker.no_mem_pos_enc": 1,
+    "tracker.no_obj_ptr": 1,
+    "tracker.no_obj_embed_spatial": 1,
+}
+
+
+def test_interactive_model_has_exactly_sam3s_keys(sam3_keys):
+    """With interactivity our image model is sam3.pt minus the tracker's video-only parts."""
+    from sam3.model_builder import DETECTOR_PREFIX, build_sam3_image_model
+
+    model = build_sam3_image_model(device="meta", enable_inst_interactivity=True)
+    ours = {
+        (k if k.startswith("tracker.") else DETECTOR_PREFIX + k): list(v.shape)
+        for k, v in model.state_dict().items()
+    }
+    video = tuple(p + "." for p in VIDEO_ONLY)
+    theirs = {
+        k: v
+        for k, v in sam3_keys["shapes"].items()
+        if k not in VIDEO_ONLY and not k.startswith(video)
+    }
+    assert ours == theirs
+    assert len(ours) == 1156 + 149
+    tracker = sum(p.numel() for p in model.tracker.parameters())
+    assert tracker == 4_221_585
+    assert sum(p.numel() for p in model.parameters()) == 840_509_750 + 7_802_112 + tracker
+
+
+def test_full_file_loads_into_the_interactive_model(sam3_file):
+    """0 missing keys; exactly the video-only tracker parts reported, by prefix."""
+    from sam3.model_builder import build_sam3_image_model
+
+    path, state = sam3_file
+    model = build_sam3_image_model(path, enable_inst_interactivity=True)
+    report = model.load_report
+    assert report.loaded == 1156 + 149
+    assert report.unused == VIDEO_ONLY
+    own = model.state_dict()
+    for key in (
+        "tracker.sam_mask_decoder.transformer.layers.1.cross_attn_image_to_token.v_proj.weight",
+        "tracker.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+        "tracker.sam_mask_decoder.conv_s0.bias",
+        "tracker.no_mem_embed",
+    ):
+        assert torch.equal(own[key], state[key].expand_as(own[key])), key
+    key = "backbone.vision_backbone.sam2_convs.2.conv_3x3.weight"
+    assert torch.equal(own[key], state["detector." + key].expand_as(own[key]))
+
+
+def test_file_without_tracker_keys_is_refused_for_interactivity(sam3_file, tmp_path):
+    from sam3.checkpoint import CheckpointError
+    from sam3.model_builder import build_sam3_image_model
+
+    _, state = sam3_file
+    path = tmp_path / "detector_only.pt"
+    torch.save({k: v for k, v in state.items() if k.startswith("detector.")}, path)
+    assert build_sam3_image_model(path).load_report.loaded == 1134  # text path still fine
+    with pytest.raises(CheckpointError, match="has no interactive heads"):
+        build_sam3_image_model(path, enable_inst_interactivity=True)

@@ -19,7 +19,8 @@ from .box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from .decoder import TransformerDecoder
 from .fusion_encoder import FusionEncoder
 from .geometry_encoder import GeometryEncoder
-from .heads_config import HeadsConfig
+from .heads_config import HeadsConfig, SamHeadsConfig
+from .interactive import InteractiveHeads
 from .prompt import GeometricPrompt
 from .scoring import DotProductScoring
 from .segmentation_head import SegmentationHead
@@ -53,13 +54,17 @@ def _select(x: Tensor, ids: Tensor, batch_dim: int) -> Tensor:
 
 
 class Sam3ImageModel(nn.Module):
-    """Backbone + heads; parameter names follow ``sam3.pt``'s ``detector.*`` keys."""
+    """Backbone + heads; parameter names follow ``sam3.pt``'s ``detector.*`` keys, and those of
+    the interactive heads (``tracker``, built when ``sam_heads`` is given) its ``tracker.*``
+    keys. ``interactive_size`` = (embedding grid, input side) of those heads."""
 
     def __init__(
         self,
         backbone: SAM3VLBackbone,
         cfg: HeadsConfig | None = None,
         preprocessing: dict[str, Any] | None = None,
+        sam_heads: SamHeadsConfig | None = None,
+        interactive_size: tuple[int, int] = (72, 1008),
     ):
         super().__init__()
         cfg = cfg or HeadsConfig()
@@ -70,6 +75,23 @@ class Sam3ImageModel(nn.Module):
         self.dot_prod_scoring = DotProductScoring(cfg)
         self.segmentation_head = SegmentationHead(cfg)
         self.preprocessing = dict(preprocessing or SAM3_PREPROCESSING)
+        self.tracker = None if sam_heads is None else InteractiveHeads(sam_heads, *interactive_size)
+
+    @property
+    def has_interactivity(self) -> bool:
+        """Whether the interactive (point/box) heads were built."""
+        return self.tracker is not None
+
+    def interactive_features(self, backbone_out: dict[str, Any]) -> dict[str, Tensor]:
+        """``forward_image`` outputs -> the interactive heads' image features (see
+        :meth:`InteractiveHeads.image_features`)."""
+        sam2_out = backbone_out.get("sam2_backbone_out")
+        if self.tracker is None or sam2_out is None:
+            raise RuntimeError(
+                "this model was built without interactivity: build it with "
+                "enable_inst_interactivity=True for point and box prompts"
+            )
+        return self.tracker.image_features(sam2_out)
 
     def forward_image(self, images: Tensor) -> dict[str, Any]:
         """Preprocessed images ``[B, 3, S, S]`` -> the backbone's image outputs."""
