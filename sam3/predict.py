@@ -1,11 +1,16 @@
-"""``python -m sam3.predict``: one photo and a text and/or box prompt in; an overlay PNG and a JSON
-file (boxes, scores, masks as COCO RLE) out.
+"""``python -m sam3.predict``: one photo and a prompt in; an overlay PNG and a JSON file (boxes,
+scores, masks as COCO RLE) out.
+
+With ``--text`` the detector finds every instance of it (``--box`` / ``--negative-box`` add
+example boxes; boxes alone run it with SAM3's stand-in caption). Without ``--text``, ``--point``
+and ``--box`` segment the object they mark through the interactive heads
+(:mod:`sam3.predict_inst_cli`); each mask's score is then its predicted IoU.
 
 Every input is checked before the model is loaded. A mistake (a missing or unreadable photo or
-checkpoint, a checkpoint that is not SAM3's or lacks the heads, no prompt, a bad box, an
-unwritable output folder) ends as one ``error: <what is wrong> — <what to do>`` line on stderr
-and exit status 1, without a traceback (``--debug`` shows it). A box reaching outside the photo
-is clipped to it (with a warning); one entirely outside is an error.
+checkpoint, a checkpoint that is not SAM3's or lacks the heads it needs, no prompt, a bad box or
+point, an unwritable output folder) ends as one ``error: <what is wrong> — <what to do>`` line
+on stderr and exit status 1, without a traceback (``--debug`` shows it). A box reaching outside
+the photo is clipped to it (with a warning); one entirely outside is an error.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .checkpoint import CheckpointError
-from .predictor import Detections, Sam3Predictor, clip_box
+from .predict_inst_cli import InstPrompt, add_inst_arguments, check_box, check_inst_args, segment
+from .predictor import Detections, Sam3Predictor
 
 EXIT_USER_ERROR = 1
 
@@ -38,15 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m sam3.predict``."""
     p = argparse.ArgumentParser(
         prog="python -m sam3.predict",
-        description="Detect and segment what a text and/or boxes name on one photo.",
+        description="Detect and segment what a text and/or boxes name on one photo, or (no "
+        "text) segment the object that clicks and/or a box mark.",
     )
     p.add_argument("--checkpoint", required=True, help="sam3.pt or a merged EfficientSAM3 file")
     p.add_argument("--image", required=True, help="the photo (any format Pillow reads)")
     p.add_argument("--text", help='what to find, e.g. "a dog"')
     box = {"nargs": 4, "type": float, "metavar": ("X0", "Y0", "X1", "Y1"), "action": "append"}
-    p.add_argument("--box", default=[], help="a positive example box, pixels (repeatable)", **box)
-    p.add_argument("--negative-box", default=[], help="a negative example box (repeatable)", **box)
-    p.add_argument("--threshold", type=float, default=0.5, help="keep scores above it (0.5)")
+    p.add_argument(
+        "--box",
+        default=[],
+        help="an example box (with --text) or the object's box "
+        "(without; one prompt set each), pixels (repeatable)",
+        **box,
+    )
+    p.add_argument("--negative-box", default=[], help="a negative example box (with --text)", **box)
+    add_inst_arguments(p)
+    p.add_argument("--threshold", type=float, help="keep detection scores above it (0.5; --text)")
     p.add_argument("--output", default="predictions", help="output folder (./predictions)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -79,37 +93,39 @@ def _open_image(path: Path) -> Image.Image:
 
 def _check_prompt(
     args: argparse.Namespace, width: int, height: int
-) -> list[tuple[list[float], bool]]:
-    """The prompt boxes, clipped to the photo, with their positive flags."""
+) -> list[tuple[list[float], bool]] | InstPrompt:
+    """The detector's prompt boxes (clipped, with their positive flags), or the interactive
+    prompt when no text is given."""
     if args.text is not None and not args.text.strip():
         raise PredictError('the --text prompt is empty — give a phrase such as --text "a dog"')
-    if args.text is None and not args.box and not args.negative_box:
+    if args.text is None and not (args.box or args.negative_box or args.point):
         raise PredictError(
-            'no prompt given — pass --text "a dog", one or more --box X0 Y0 X1 Y1, or both'
+            'no prompt given — pass --text "a dog" (with example --box X0 Y0 X1 Y1 if you like), '
+            "or --point X Y 1 and/or --box X0 Y0 X1 Y1 to segment one object"
         )
-    if args.text is None and not args.box:
-        raise PredictError(
-            "only negative boxes given — add --text or a positive --box to say what to find"
-        )
-    if not 0.0 <= args.threshold <= 1.0:
-        raise PredictError(f"--threshold {args.threshold} is outside [0, 1] — give e.g. 0.5")
-    boxes = []
-    for raw, positive in [(b, True) for b in args.box] + [(b, False) for b in args.negative_box]:
-        flag = "--box" if positive else "--negative-box"
-        try:
-            clipped = clip_box(raw, width, height)
-        except ValueError as err:
-            raise PredictError(
-                f"{flag} {' '.join(f'{v:g}' for v in raw)}: {err} — give X0 Y0 X1 Y1 in pixels "
-                f"of the {width}x{height} photo, x1 > x0 and y1 > y0"
-            ) from None
-        if clipped != [float(v) for v in raw]:
-            print(
-                f"warning: {flag} {raw} reaches outside the photo; clipped to {clipped}",
-                file=sys.stderr,
+    try:
+        if args.text is None:
+            return check_inst_args(args, width, height)
+        if args.point:
+            raise ValueError(
+                "--point goes without --text (points prompt the interactive heads, which take "
+                "no text) — drop --text to segment what the points mark, or drop --point"
             )
-        boxes.append((clipped, positive))
-    return boxes
+        if args.multimask or args.single_mask:
+            raise ValueError(
+                f"{'--multimask' if args.multimask else '--single-mask'} applies to --point / "
+                "--box without --text — drop it (the detector returns one mask per detection)"
+            )
+        args.threshold = 0.5 if args.threshold is None else args.threshold
+        if not 0.0 <= args.threshold <= 1.0:
+            raise ValueError(f"--threshold {args.threshold} is outside [0, 1] — give e.g. 0.5")
+        boxes = [(check_box("--box", b, width, height), True) for b in args.box]
+        negative = [
+            (check_box("--negative-box", b, width, height), False) for b in args.negative_box
+        ]
+        return boxes + negative
+    except ValueError as err:
+        raise PredictError(str(err)) from None
 
 
 def _resolve_device(name: str | None) -> torch.device:
@@ -170,46 +186,39 @@ def _rle(masks: np.ndarray) -> list[dict[str, Any]]:
     return [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in encoded]
 
 
-def _report(
-    args: argparse.Namespace,
-    size: tuple[int, int],
-    boxes: list,
-    det: Detections,
-    masks: np.ndarray,
-    prep: dict,
-) -> dict[str, Any]:
-    """The JSON record of one run."""
-    width, height = size
-    rles = _rle(masks) if len(det) else []
-    return {
-        "image": str(args.image),
-        "image_size": {"width": width, "height": height},
-        "exif_orientation_applied": True,
-        "checkpoint": str(args.checkpoint),
-        "prompt": {
-            "text": args.text,
-            "boxes": [b for b, positive in boxes if positive],
-            "negative_boxes": [b for b, positive in boxes if not positive],
-        },
-        "threshold": args.threshold,
-        "preprocessing": prep,
-        "detections": [
-            {
-                "box_xyxy": [round(float(v), 2) for v in box],
-                "score": round(float(score), 5),
-                "area": int(mask.sum()),
-                "mask": rle,
-            }
-            for box, score, mask, rle in zip(det.boxes.tolist(), det.scores.tolist(), masks, rles)
-        ],
+def _detect(predictor: Sam3Predictor, state: Any, args: argparse.Namespace, boxes: list) -> tuple:
+    """The detector's run: prompt record, JSON entries, what to draw, the summary's start."""
+    det: Detections = predictor.predict(
+        state, args.text, [b for b, _ in boxes], [positive for _, positive in boxes]
+    )
+    masks = det.masks.cpu().numpy()
+    record = {
+        "text": args.text,
+        "boxes": [b for b, positive in boxes if positive],
+        "negative_boxes": [b for b, positive in boxes if not positive],
     }
+    entries = [
+        {
+            "box_xyxy": [round(float(v), 2) for v in box],
+            "score": round(float(score), 5),
+            "area": int(mask.sum()),
+            "mask": rle,
+        }
+        for box, score, mask, rle in zip(
+            det.boxes.tolist(), det.scores.tolist(), masks, _rle(masks) if len(det) else []
+        )
+    ]
+    draw = (masks, det.boxes.cpu().numpy(), det.scores.tolist(), boxes, ())
+    what = f"above {args.threshold:g} for {args.text!r}"
+    return record, {"threshold": args.threshold}, entries, draw, what
 
 
 def predict(args: argparse.Namespace) -> None:
     """Check everything, load the model, run the prompt, write the overlay and the JSON."""
     image_path, ckpt = Path(args.image), Path(args.checkpoint)
     image = _open_image(image_path)
-    boxes = _check_prompt(args, *image.size)
+    prompt = _check_prompt(args, *image.size)
+    interactive = isinstance(prompt, InstPrompt)
     if not ckpt.is_file():
         raise PredictError(
             f"checkpoint {ckpt} {'is not a file' if ckpt.exists() else 'does not exist'} — "
@@ -231,24 +240,37 @@ def predict(args: argparse.Namespace) -> None:
     from .model_builder import load_image_model
     from .visualize import draw_detections
 
-    model = load_image_model(ckpt, device=device)
-    predictor = Sam3Predictor(model, args.threshold, device, torch.bfloat16 if args.bf16 else None)
+    model = load_image_model(ckpt, device=device, enable_inst_interactivity=interactive)
+    threshold = 0.5 if interactive else args.threshold
+    predictor = Sam3Predictor(model, threshold, device, torch.bfloat16 if args.bf16 else None)
     state = predictor.set_image(image)
-    det = predictor.predict(
-        state, args.text, [b for b, _ in boxes], [positive for _, positive in boxes]
+    run = (
+        segment(predictor, state, prompt, _rle)
+        if interactive
+        else _detect(predictor, state, args, prompt)
     )
-    masks = det.masks.cpu().numpy()
-    report = _report(args, image.size, boxes, det, masks, dict(model.preprocessing))
-    overlay = draw_detections(image, masks, det.boxes.cpu().numpy(), det.scores.tolist(), boxes)
+    record, extra, entries, draw, what = run
+    report = {
+        "image": str(args.image),
+        "image_size": {"width": image.width, "height": image.height},
+        "exif_orientation_applied": True,
+        "checkpoint": str(args.checkpoint),
+        "prompt": record,
+        **extra,
+        "preprocessing": dict(model.preprocessing),
+        "detections": entries,
+    }
+    overlay = draw_detections(image, *draw)
     _write_atomic(overlay_path, lambda p: overlay.save(p, format="PNG"))
     _write_atomic(json_path, lambda p: p.write_text(json.dumps(report, indent=1) + "\n"))
-    for i, d in enumerate(report["detections"]):
-        box = ", ".join(f"{v:.1f}" for v in d["box_xyxy"])
-        print(f"{i:3d}  score {d['score']:.3f}  box [{box}]  area {d['area']} px")
-    what = repr(args.text) if args.text is not None else "the boxes"
+    for i, d in enumerate(entries):
+        box = "none" if d["box_xyxy"] is None else ", ".join(f"{v:.1f}" for v in d["box_xyxy"])
+        which = f"  set {d['prompt']} token {d['mask_index']}" if interactive else ""
+        print(f"{i:3d}{which}  score {d['score']:.3f}  box [{box}]  area {d['area']} px")
+    kind = "mask(s)" if interactive else "detection(s)"
     print(
-        f"{len(det)} detection(s) above {args.threshold:g} for {what} in {image_path} "
-        f"({image.width}x{image.height}) -> {overlay_path}, {json_path}"
+        f"{len(entries)} {kind} {what} in {image_path} ({image.width}x{image.height}) -> "
+        f"{overlay_path}, {json_path}"
     )
 
 

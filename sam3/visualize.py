@@ -36,11 +36,14 @@ def draw_detections(
     boxes: np.ndarray,
     scores: Sequence[float],
     prompt_boxes: Sequence[tuple[Sequence[float], bool]] = (),
+    prompt_points: Sequence[tuple[float, float, bool]] = (),
     alpha: float = 0.45,
 ) -> Image.Image:
     """A new RGB image: ``image`` with each mask (bool ``[N, H, W]``) blended in its colour at
-    ``alpha``, its box (``[N, 4]`` xyxy pixels) outlined and its score written above it, and the
-    prompt boxes (``(xyxy, positive)``) in white (positive) or red (negative)."""
+    ``alpha``, its box (``[N, 4]`` xyxy pixels; a non-finite one, e.g. of an empty mask, is not
+    drawn) outlined and its score written above it, and the prompt boxes (``(xyxy, positive)``)
+    and clicks (``(x, y, positive)``, dots ringed in black) in white (positive) or red
+    (negative)."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     if masks.shape[1:] != base.shape[:2]:
         raise ValueError(f"masks {masks.shape[1:]} do not match the image {base.shape[:2]}")
@@ -54,9 +57,15 @@ def draw_detections(
     font = _font(max(10, round(max(h, w) / 50)))
     for box, positive in prompt_boxes:
         draw.rectangle([float(v) for v in box], outline=PROMPT_COLOURS[bool(positive)], width=width)
+    radius = max(3, 3 * width)
+    for x, y, positive in prompt_points:
+        dot = [x - radius, y - radius, x + radius, y + radius]
+        draw.ellipse(dot, fill=PROMPT_COLOURS[bool(positive)], outline=(0, 0, 0), width=width)
     for i, (box, score) in enumerate(zip(boxes, scores)):
         colour = PALETTE[i % len(PALETTE)]
         x0, y0, x1, y1 = (float(v) for v in box)
+        if not all(np.isfinite([x0, y0, x1, y1])):
+            continue
         draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=colour, width=width)
         label = f"{float(score):.2f}"
         _, _, right, bottom = draw.textbbox((0, 0), label, font=font)

@@ -1,5 +1,6 @@
 """``python -m sam3.predict``: every user mistake is one ``error:`` line and exit 1, checked before
-the model loads; a run on a real tiny model writes the overlay and the JSON it promises."""
+the model loads; runs on real tiny models (text/box detection, and the interactive path's points
+and boxes) write the overlay and the JSON they promise."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def test_files_that_are_not_sam3_image_models(capsys, tmp_path, tiny_ckpt):
     [
         ([], "no prompt"),
         (["--text", "  "], "empty"),
-        (["--negative-box", "1", "1", "9", "9"], "only negative"),
+        (["--negative-box", "1", "1", "9", "9"], "--point X Y 0"),
         (["--text", "a", "--box", "50", "10", "20", "90"], "x1 > x0"),
         (["--text", "a", "--box", "10", "10", "20", "nan"], "finite"),
         (["--box", "500", "10", "600", "90"], "outside the 451x300"),
