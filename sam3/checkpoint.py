@@ -195,6 +195,8 @@ def load_strict(
         raise CheckpointError("\n".join(parts))
     module.load_state_dict({name: state[key] for name, key in names.items()}, strict=True)
     used = list(names.values())
+    routed = sorted({f for n, f in (routes or {}).items() if any(k.startswith(n) for k in own)})
+    prefix = "', '".join([prefix, *routed]) if routed else prefix
     used_set = set(used)
     unused = [k for k in state if k not in used_set]
     return LoadReport(source, prefix, len(used), group_by_prefix(unused, used))

@@ -4,14 +4,17 @@
         [--latency [--latency-repeats N] [--img-size S] [--no-teacher-latency] [--device D]]
 
 Every count comes from built modules (on the ``meta`` device: nothing is allocated; counting in
-:mod:`stage1.report_params`). For SAM3 it prints the spec's figures (vision, language,
-"decoder/heads", total) each as the sum of its parts, and its image model part by part. For each
-student: the backbone, the head (vision: the 1024-d conv head; text: the 256-d projector) and
-the total, the spec's published figure, the same figure recomputed with the rule the spec used
-(students.md §1-§4), and "% smaller" both as the spec computed it and for the whole student
-against the teacher part it replaces; where our count and the published one differ it prints
-both and the reason. Then every merged model (the students in SAM3's place, SAM3's neck convs
-and detector heads kept) with its total.
+:mod:`stage1.report_params` and :mod:`stage1.report_students`, tables in
+:mod:`stage1.report_tables`). For SAM3 (its image model with interactivity: both necks, the
+detector heads, the SAM heads) it prints the spec's figures (vision, language, "decoder/heads",
+total) each as the sum of its parts, the one part not built (the tracker's video-only tensors)
+stated as such, and its image model part by part. For each student: the backbone, the head
+(vision: the 1024-d conv head; text: the 256-d projector) and the total, the spec's published
+figure, the same figure recomputed with the rule the spec used (students.md §1-§4), and
+"% smaller" both as the spec computed it and for the whole student against the teacher part it
+replaces; where our count and the published one differ it prints both and the reason. Then every
+merged model (the students in SAM3's place, SAM3's neck convs and detector heads kept) with its
+total, and what interactivity adds to it.
 """
 
 from __future__ import annotations
@@ -42,15 +45,12 @@ from sam3.model.text_encoder import VETextEncoder  # noqa: E402
 from sam3.model.vit import ViT, ViTConfig  # noqa: E402
 from stage1.report_params import (  # noqa: E402
     PUBLISHED_TEACHER_M,
-    build_meta,
     build_teacher,
-    format_merged,
-    format_teacher,
-    m,
     merged_counts,
-    student_report,
     teacher_counts,
 )
+from stage1.report_students import build_meta, student_report  # noqa: E402
+from stage1.report_tables import format_merged, format_teacher, m  # noqa: E402
 
 # ---- latency -------------------------------------------------------------------------------
 
@@ -189,7 +189,8 @@ def format_report(report: dict[str, Any]) -> str:
                 if row:
                     speed = f"  ({row['speedup']:.1f}x faster)" if "speedup" in row else ""
                     lines.append(f"    {r['zoo_name']:8} {row['seconds']:.3f} s{speed}")
-    lines += format_merged(report["merged"], report["teacher"]["image_model"])
+    plain = report["teacher"]["image_model_without_interactivity"]
+    lines += format_merged(report["merged"], plain)
     lines += [
         "",
         "'by rule': the published figure recomputed the way the spec counted it "

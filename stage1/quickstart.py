@@ -7,10 +7,12 @@ It builds a small SA-1B-style folder from the photographs in data/samples/ (crop
 training; astronaut.jpg held out) and a Recap-DataComp-style captions parquet, then: exports the
 teacher's image and text embeddings, trains ES-EV-S (EfficientViT-B0) and ES-MC-S (MobileCLIP-S0)
 briefly, merges both into a SAM3 checkpoint, segments the held-out photo from a caption and from
-a box with the teacher and with the merged model, prints the parameter report, and draws the
-segmentations, the teacher's and students' feature maps (PCA colours) and the training curves.
-With sam3_checkpoints/sam3.pt it uses SAM3 itself (1008 px: slow on a CPU); without it, a
-reduced, randomly initialised teacher (backbone and detector heads), and says so.
+a box (detector heads) and from the same box with the interactive SAM heads, with the teacher and
+with the merged model, prints the parameter report, and draws the segmentations, the teacher's
+and students' feature maps (PCA colours) and the training curves. With
+sam3_checkpoints/sam3.pt it uses SAM3 itself (1008 px: slow on a CPU); without it, a reduced,
+randomly initialised teacher (small backbone and detector heads, SAM3-sized SAM heads), and
+says so.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -30,11 +31,7 @@ from dataclasses import dataclass  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sam3.model_builder import (  # noqa: E402
-    DETECTOR_PREFIX,
-    build_efficientsam3_backbone,
-    build_sam3_image_model,
-)
+from sam3.model_builder import build_efficientsam3_backbone  # noqa: E402
 from stage1 import compare_models  # noqa: E402
 from stage1 import convert_both_encoders_weights_stage1 as convert_both  # noqa: E402
 from stage1 import save_embedding_image_stage1 as export_image  # noqa: E402
@@ -50,7 +47,7 @@ from stage1.export import image_transform  # noqa: E402
 from stage1.pictures import cosine_map_mean, feature_comparison, training_curves  # noqa: E402
 from stage1.quickstart_data import HELD_OUT, held_out_photo, make_captions, make_images  # noqa: E402
 from stage1.quickstart_segment import run_segmentation  # noqa: E402
-from stage1.teachers import teacher_image_config  # noqa: E402
+from stage1.teachers import save_random_image_teacher, teacher_image_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "stage1" / "configs"
@@ -107,28 +104,22 @@ def choose_teacher(sam3_ckpt: Path, out: Path, img_size: int) -> Setup:
             ]
         )
         return Setup(sam3_ckpt, "sam3", 1008, 1024, 72, True)
-    cfg = teacher_image_config("sam3_tiny", img_size)
     banner(
         [
             f"NO SAM3 CHECKPOINT at {sam3_ckpt}.",
             "Using a REDUCED, RANDOMLY INITIALISED teacher instead (2-block, 64-wide trunk,",
-            "one-layer detector heads). Every phase runs for real, but the features, masks",
-            "and pictures are not SAM3's.",
+            "one-layer detector heads, SAM3-sized SAM heads). Every phase runs for real, but",
+            "the features, masks and pictures are not SAM3's.",
             "Put sam3.pt in sam3_checkpoints/ (see sam3_checkpoints/README.md) for the real one.",
         ]
     )
-    torch.manual_seed(0)
-    model = build_sam3_image_model(None, cfg=cfg)
-    state = {DETECTOR_PREFIX + k: v for k, v in model.state_dict().items()}
     path = out / "sam3_tiny_random.pt"
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": state}, tmp)
-    os.replace(tmp, path)
+    count = save_random_image_teacher(path, "sam3_tiny", img_size, seed=0)
     print(
-        f"  saved the random teacher (backbone and detector heads) as {path} "
-        f"({len(state)} tensors, sam3.pt's key layout)"
+        f"  saved the random teacher (backbone, detector heads, interactive heads) as {path} "
+        f"({count} tensors, sam3.pt's key layout)"
     )
-    vit = cfg.backbone.vit
+    vit = teacher_image_config("sam3_tiny", img_size).backbone.vit
     return Setup(path, "sam3_tiny", img_size, vit.embed_dim, vit.grid_size, False)
 
 
@@ -333,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"    {name:20} {value:.4f}")
     print(f"  merged model vs trained student, max |diff|: {features['merged_vs_student_max_abs']}")
     ious = ", ".join(f"{p} {v:.3f}" for p, v in segmentation["iou"].items())
-    print(f"  {segmentation['path']}: teacher vs merged, mask IoU of the best detections: {ious}")
+    print(f"  {segmentation['path']}: teacher vs merged, mask IoU per prompt: {ious}")
     print(f"  {curves}")
     for name, result in (("ES-EV-S", image_result), ("ES-MC-S", text_result)):
         print(

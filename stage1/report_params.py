@@ -1,23 +1,24 @@
-"""Parameter counts for ``stage1/compare_models.py``: SAM3, its students, the merged models.
+"""SAM3's and the merged models' parameter counts for ``stage1/compare_models.py``.
 
 Every count comes from modules built on the ``meta`` device (nothing is allocated) and summed
-with ``parameters()``: SAM3's default image model (:func:`build_sam3_image_model`) part by part,
-each student, and each merged model (students in SAM3's place, SAM3's neck convs and detector
-heads kept, assembled as :mod:`sam3.merged` does). The spec's published figures, the parts each
-of them sums and the one part no module here builds are data (:data:`SPEC_FIGURES`,
-:data:`NOT_BUILT`), not logic.
+with ``parameters()``: SAM3's image model with its interactive path
+(``build_sam3_image_model(enable_inst_interactivity=True)``: backbone with both necks, detector
+heads, SAM heads) part by part, and each merged model (students in SAM3's place, SAM3's neck
+convs and detector heads kept, assembled as :mod:`sam3.merged` does). The spec's published
+figures, the parts each of them sums and the one part no module here builds (the tracker's
+video-only tensors) are data (:data:`SPEC_FIGURES`, :data:`VIDEO_ONLY_PARTS`), not logic. The
+students are counted in :mod:`stage1.report_students`, the tables drawn in
+:mod:`stage1.report_tables`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from sam3.backbones import STUDENTS, StudentInfo
 from sam3.merged import StudentTrunk
 from sam3.model.neck import DualViTDetNeck
 from sam3.model.sam3_image import Sam3ImageModel
@@ -25,7 +26,7 @@ from sam3.model.vl_backbone import SAM3VLBackbone
 from sam3.model_builder import build_sam3_image_model
 
 TRUNK, CONVS = "backbone.vision_backbone.trunk", "backbone.vision_backbone.convs"
-SAM2_CONVS = "backbone.vision_backbone.sam2_convs"  # in sam3.pt; the image model ignores it
+SAM2_CONVS = "backbone.vision_backbone.sam2_convs"  # the second neck, read by the SAM heads
 TEXT_ENCODER, RESIZER = "backbone.language_backbone.encoder", "backbone.language_backbone.resizer"
 # The detector heads, as sam3.pt names them under ``detector.`` (sam3_model.md §4).
 HEAD_PARTS = (
@@ -35,16 +36,38 @@ HEAD_PARTS = (
     "segmentation_head",
     "dot_prod_scoring",
 )
-IMAGE_MODEL_PARTS = (TRUNK, CONVS, TEXT_ENCODER, RESIZER, *HEAD_PARTS)  # what it builds
-HEADS, IMAGE_MODEL = "heads", "image model"  # the sums of HEAD_PARTS / of the built model
+# The interactive SAM heads, as sam3.pt names them (its own ``tracker.*`` keys; a parameter, not
+# a module, for ``no_mem_embed``).
+INTERACTIVE_PARTS = (
+    "tracker.sam_prompt_encoder",
+    "tracker.sam_mask_decoder",
+    "tracker.no_mem_embed",
+)
+BACKBONE_PARTS = (TRUNK, CONVS, SAM2_CONVS, TEXT_ENCODER, RESIZER)
+IMAGE_MODEL_PARTS = (*BACKBONE_PARTS, *HEAD_PARTS, *INTERACTIVE_PARTS)  # what it builds
+# sums: of HEAD_PARTS, of INTERACTIVE_PARTS, of the built model; the part not built
+HEADS, INTERACTIVE, IMAGE_MODEL = "heads", "interactive heads", "image model"
+VIDEO_ONLY = "tracker video-only"
 
-# Parts of sam3.pt that no module here builds: name -> (published count, where it comes from).
-NOT_BUILT: dict[str, tuple[int, str]] = {
-    "inst_interactive_predictor": (
-        11_743_362,
-        "the interactive predictor's tracker (sam3.pt's 309 tracker.* tensors), built only by "
-        "Meta's build_sam3_image_model(enable_inst_interactivity=True); published figure, "
-        "sam3_model.md §5",
+# sam3.pt's tracker.* tensors that only video tracking uses, which no module here builds: numel
+# (all parameters) by name under ``tracker.``, as sam3_interactive.md §8 lists them (160
+# tensors, 7,521,777 in all; the tracker's 11,743,362 less the interactive heads' 4,221,585).
+VIDEO_ONLY_PARTS: dict[str, int] = {
+    "transformer.encoder": 5_922_304,  # memory attention: 4 RoPE layers + norm
+    "maskmem_backbone": 1_384_608,  # memory encoder
+    "obj_ptr_proj": 197_376,
+    "obj_ptr_tpos_proj": 16_448,
+    "mask_downsample": 17,
+    "maskmem_tpos_enc": 448,
+    "no_mem_pos_enc": 256,
+    "no_obj_ptr": 256,
+    "no_obj_embed_spatial": 64,
+}
+NOT_BUILT: dict[str, tuple[int, str]] = {  # name -> (count, where it comes from)
+    VIDEO_ONLY: (
+        sum(VIDEO_ONLY_PARTS.values()),
+        "the tracker's video-only tensors in sam3.pt (memory attention, memory encoder, object "
+        "pointers), which only Meta's video tracker builds; counts from sam3_interactive.md §8",
     ),
 }
 
@@ -62,8 +85,8 @@ class SpecFigure:
 SPEC_FIGURES = (
     SpecFigure("vision backbone", 461.84, False, (TRUNK, CONVS, SAM2_CONVS)),
     SpecFigure("language backbone", 353.72, False, (TEXT_ENCODER, RESIZER)),
-    SpecFigure("decoder/heads", 45.0, True, (HEADS, "inst_interactive_predictor")),
-    SpecFigure("total", 860.06, False, (IMAGE_MODEL, SAM2_CONVS, "inst_interactive_predictor")),
+    SpecFigure("decoder/heads", 45.0, True, (HEADS, INTERACTIVE, VIDEO_ONLY)),
+    SpecFigure("total", 860.06, False, (IMAGE_MODEL, VIDEO_ONLY)),
 )
 # The spec's "% smaller" references (README_stage1 "Parameter Analysis"), in millions.
 PUBLISHED_TEACHER_M = {"vision": 461.84, "text": 353.72}
@@ -75,6 +98,14 @@ def params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def part_params(model: nn.Module, name: str) -> int:
+    """Parameters of the submodule ``name`` of ``model``, or the size of the parameter ``name``."""
+    try:
+        return params(model.get_submodule(name))
+    except AttributeError:
+        return model.get_parameter(name).numel()
+
+
 def short_name(part: str) -> str:
     """``backbone.vision_backbone.trunk`` -> ``trunk``; head names stay as they are."""
     for prefix in ("backbone.vision_backbone.", "backbone.language_backbone."):
@@ -83,8 +114,8 @@ def short_name(part: str) -> str:
 
 
 def build_teacher() -> Sam3ImageModel:
-    """SAM3's default image model (backbone + heads), on the meta device."""
-    return build_sam3_image_model(device="meta")
+    """SAM3's image model with interactivity (both necks, detector and SAM heads), on meta."""
+    return build_sam3_image_model(device="meta", enable_inst_interactivity=True)
 
 
 def spec_figure(figure: SpecFigure, counts: dict[str, int]) -> dict[str, Any]:
@@ -101,134 +132,61 @@ def spec_figure(figure: SpecFigure, counts: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def _subtotal(parts: dict[str, int], names: tuple[str, ...], prefix: str = "") -> dict[str, int]:
+    out = {name.removeprefix(prefix): parts[name] for name in names}
+    return {**out, "total": sum(out.values())}
+
+
 def teacher_counts(model: Sam3ImageModel | None = None) -> dict[str, Any]:
     """SAM3's parts, the image model's total and the spec's figures recomputed from them.
 
-    ``parts`` holds each of :data:`IMAGE_MODEL_PARTS` and ``sam2_convs`` (from a neck built with
-    the sam2 copy) by its ``sam3.pt`` name, ``unassigned`` what the image model holds outside
-    them (0 for SAM3), ``vision`` / ``text`` the backbones as the spec counts them.
+    ``model``: SAM3's image model built with interactivity (:func:`build_teacher`). ``parts``
+    holds each of :data:`IMAGE_MODEL_PARTS` by its ``sam3.pt`` name, ``unassigned`` what the
+    model holds outside them (0 for SAM3), ``vision`` / ``text`` the backbones as the spec counts
+    them, ``tracker`` sam3.pt's tracker (the built interactive heads + the video-only tensors),
+    ``image_model_without_interactivity`` the default build (no ``sam2_convs``, no tracker).
     """
     model = model or build_teacher()
-    parts = {name: params(model.get_submodule(name)) for name in IMAGE_MODEL_PARTS}
-    trunk = model.backbone.vision_backbone.trunk
-    with torch.device("meta"):
-        neck = DualViTDetNeck(trunk, model.cfg.d_model, add_sam2_neck=True)
-    parts[SAM2_CONVS] = params(neck.sam2_convs)
+    if getattr(model, "tracker", None) is None or model.backbone.vision_backbone.sam2_convs is None:
+        raise ValueError("count SAM3 built with enable_inst_interactivity=True (build_teacher())")
+    parts = {name: part_params(model, name) for name in IMAGE_MODEL_PARTS}
     total = params(model)
-    heads = {p: parts[p] for p in HEAD_PARTS}
-    heads["total"] = sum(heads.values())
-    counts = {**parts, HEADS: heads["total"], IMAGE_MODEL: total}
-    counts.update({name: count for name, (count, _) in NOT_BUILT.items()})
-    vision = {short_name(p): parts[p] for p in (TRUNK, CONVS, SAM2_CONVS)}
-    vision["total"] = sum(vision.values())
-    text = {short_name(p): parts[p] for p in (TEXT_ENCODER, RESIZER)}
-    text["total"] = sum(text.values())
+    heads = _subtotal(parts, HEAD_PARTS)
+    interactive = _subtotal(parts, INTERACTIVE_PARTS, "tracker.")
+    video_only = NOT_BUILT[VIDEO_ONLY][0]
+    counts = {
+        **parts,
+        HEADS: heads["total"],
+        INTERACTIVE: interactive["total"],
+        IMAGE_MODEL: total,
+        VIDEO_ONLY: video_only,
+    }
     return {
-        "vision": vision,
-        "text": text,
+        "vision": _subtotal(parts, (TRUNK, CONVS, SAM2_CONVS), "backbone.vision_backbone."),
+        "text": _subtotal(parts, (TEXT_ENCODER, RESIZER), "backbone.language_backbone."),
         "heads": heads,
+        "interactive_heads": interactive,
+        "tracker": {
+            "interactive_heads": interactive["total"],
+            "video_only": video_only,
+            "total": interactive["total"] + video_only,
+            "buffer_numel": sum(b.numel() for b in model.tracker.buffers()),
+        },
         "parts": parts,
         "image_model": total,
-        "unassigned": total - sum(parts[p] for p in IMAGE_MODEL_PARTS),
-        "not_built": {name: {"count": c, "source": s} for name, (c, s) in NOT_BUILT.items()},
+        "image_model_without_interactivity": total - parts[SAM2_CONVS] - interactive["total"],
+        "unassigned": total - sum(parts.values()),
+        "not_built": {
+            name: {"count": c, "source": s, "parts": dict(VIDEO_ONLY_PARTS)}
+            for name, (c, s) in NOT_BUILT.items()
+        },
         "spec_figures": [spec_figure(f, counts) for f in SPEC_FIGURES],
     }
-
-
-# ---- students ------------------------------------------------------------------------------
-
-
-def build_meta(info: StudentInfo, **kwargs: Any) -> nn.Module:
-    """A student of ``info`` on the meta device."""
-    with torch.device("meta"):
-        return info.builder(**kwargs)
-
-
-def _rule_backbone(info: StudentInfo) -> int:
-    return build_meta(info).backbone_params()
-
-
-def _rule_whole_ctx77(info: StudentInfo) -> int:
-    model = build_meta(info, context_length=77)
-    return params(model) + model.width**2
-
-
-def _rule_tower_ctx16(info: StudentInfo) -> int:
-    model = build_meta(info, context_length=16)
-    return model.backbone_params() + model.width**2
-
-
-# How the spec counted each published figure (StudentInfo.published_rule): function, reason.
-PUBLISHED_RULES: dict[str, tuple[Callable[[StudentInfo], int], str]] = {
-    "backbone": (
-        _rule_backbone,
-        "backbone only (timm features_only, last stage); the 1024-d head is not counted",
-    ),
-    "whole_ctx77_with_projection_layer": (
-        _rule_whole_ctx77,
-        "whole student with a 77-row position table (we use 32) plus MobileCLIP's unused "
-        "width x width projection_layer, which our student does not keep",
-    ),
-    "tower_ctx16_with_projection_no_projector": (
-        _rule_tower_ctx16,
-        "text tower alone with a 16-row position table (we use 32) plus the unused 768 x 768 "
-        "projection, without the 256-d projector; the rule of S0/S1 would give 123.85M",
-    ),
-}
 
 
 def pct_smaller(count: float, reference: float) -> float:
     """How much smaller ``count`` is than ``reference``, in percent."""
     return 100.0 * (1.0 - count / reference)
-
-
-def student_report(
-    info: StudentInfo, teacher: dict[str, Any], model: nn.Module | None = None
-) -> dict[str, Any]:
-    """Counts, the published figures and their reconstruction for one student (``model``: the
-    student built on the meta device, built here if not given)."""
-    model = model if model is not None else build_meta(info)
-    backbone, head = model.backbone_params(), model.head_params()
-    total = backbone + head
-    rule_fn, rule_reason = PUBLISHED_RULES[info.published_rule]
-    by_rule = rule_fn(info)
-    teacher_total = teacher[info.kind]["total"]
-    replaced = teacher["vision"]["trunk"] if info.kind == "vision" else teacher_total
-    pct_rule = pct_smaller(by_rule, teacher_total)
-    pct_rounded = pct_smaller(info.published_params_m, PUBLISHED_TEACHER_M[info.kind])
-    notes = []
-    if abs(by_rule / 1e6 - info.published_params_m) >= TOLERANCE_M:
-        notes.append(f"published {info.published_params_m}M not reproduced by {rule_reason}")
-    if by_rule != backbone and info.kind == "text":
-        notes.append(
-            f"published {info.published_params_m}M = {rule_reason} ({by_rule:,}); "
-            f"our tower {backbone:,} + projector {head:,} = {total:,}"
-        )
-    if f"{pct_rule:.2f}" != f"{info.published_smaller_pct:.2f}":
-        notes.append(
-            f"published {info.published_smaller_pct:.2f}% smaller; exact counts give "
-            f"{pct_rule:.4f}%, the rounded {info.published_params_m}M / "
-            f"{PUBLISHED_TEACHER_M[info.kind]}M give {pct_rounded:.4f}%"
-        )
-    return {
-        "name": info.name,
-        "zoo_name": info.zoo_name,
-        "label": info.label,
-        "kind": info.kind,
-        "backbone_params": backbone,
-        "head_params": head,
-        "total_params": total,
-        "published_params_m": info.published_params_m,
-        "published_rule": info.published_rule,
-        "params_by_published_rule": by_rule,
-        "published_reproduced": abs(by_rule / 1e6 - info.published_params_m) < TOLERANCE_M,
-        "published_smaller_pct": info.published_smaller_pct,
-        "smaller_pct_by_published_rule": pct_rule,
-        "replaces": "trunk" if info.kind == "vision" else "language backbone",
-        "replaced_params": replaced,
-        "total_smaller_pct_than_replaced": pct_smaller(total, replaced),
-        "notes": notes,
-    }
 
 
 # ---- merged models -------------------------------------------------------------------------
@@ -240,26 +198,36 @@ def merged_counts(
     """Each merged model's parts and total: every vision student with SAM3's text encoder,
     every text student with SAM3's trunk, then every pair of them.
 
-    ``vision`` / ``text`` map student names to students built on the meta device. A vision
-    student sits in the trunk's place as ``StudentTrunk`` under a neck of its own (``convs``
-    built for its channels); the heads are SAM3's, built once and given each backbone in turn.
+    ``teacher``: SAM3 built with interactivity; ``vision`` / ``text`` map student names to
+    students built on the meta device. A vision student sits in the trunk's place as
+    ``StudentTrunk`` under a neck of its own (``convs`` built for its channels); the heads are
+    SAM3's, built once and given each backbone in turn. ``total`` is the image model without
+    interactivity; ``total_with_interactivity`` adds the second neck built for the same trunk
+    (``sam2_convs``) and SAM3's interactive heads.
     """
     d_model, scalp = teacher.cfg.d_model, teacher.backbone.scalp
-    sam3_vision = teacher.backbone.vision_backbone
     sam3_text = teacher.backbone.language_backbone
+    trunks = {None: teacher.backbone.vision_backbone.trunk}
+    trunks.update({n: StudentTrunk(m) for n, m in vision.items()})
     with torch.device("meta"):
         model = Sam3ImageModel(teacher.backbone, teacher.cfg)
-        necks = {n: DualViTDetNeck(StudentTrunk(m), d_model) for n, m in vision.items()}
+        necks = {n: DualViTDetNeck(t, d_model) for n, t in trunks.items()}
+        sam2 = {
+            n: params(DualViTDetNeck(t, d_model, add_sam2_neck=True).sam2_convs)
+            for n, t in trunks.items()
+        }
+    interactive = params(teacher.tracker)
     combos = [(v, None) for v in vision] + [(None, t) for t in text]
     combos += [(v, t) for v in vision for t in text]
-    sam3_total, rows = params(teacher), []
+    model.backbone = SAM3VLBackbone(necks[None], sam3_text, scalp=scalp)
+    sam3_total, rows = params(model), []  # SAM3's image model without interactivity
     for image_name, text_name in combos:
-        visual = necks[image_name] if image_name else sam3_vision
+        visual = necks[image_name]
         language = text[text_name] if text_name else sam3_text
         model.backbone = SAM3VLBackbone(visual, language, scalp=scalp)
         students = params(visual.trunk) if image_name else 0
         students += params(language) if text_name else 0
-        kept = 0 if image_name else params(sam3_vision.trunk)
+        kept = 0 if image_name else params(visual.trunk)
         kept += 0 if text_name else params(sam3_text)
         convs = params(visual.convs)
         heads = sum(params(model.get_submodule(p)) for p in HEAD_PARTS)
@@ -275,97 +243,9 @@ def merged_counts(
                 "unassigned": total - students - kept - convs - heads,
                 "total": total,
                 "smaller_pct_than_sam3": pct_smaller(total, sam3_total),
+                "sam2_convs": sam2[image_name],
+                "interactive_heads": interactive,
+                "total_with_interactivity": total + sam2[image_name] + interactive,
             }
         )
     return rows
-
-
-# ---- tables --------------------------------------------------------------------------------
-
-
-def m(count: int) -> str:
-    """A count in millions, as the spec prints them."""
-    return f"{count / 1e6:.2f}M"
-
-
-def format_teacher(teacher: dict[str, Any]) -> list[str]:
-    """The spec's teacher figures, each as the sum of its parts, then the image model by part."""
-    lines = ["SAM3 teacher (random weights, built on the meta device)"]
-    starred = False
-    for fig in teacher["spec_figures"]:
-        terms = []
-        for part, count in fig["parts"].items():
-            star = "*" if part in teacher["not_built"] else ""
-            starred |= bool(star)
-            terms.append(f"{short_name(part)} {m(count)}{star}")
-        published = f"{'~' if fig['approx'] else ''}{fig['published_m']:g}M"
-        published += "" if fig["reproduced"] else ", NOT reproduced"
-        lines.append(
-            f"  {fig['label']:17} {m(fig['count']):>7} = {' + '.join(terms)}   (spec: {published})"
-        )
-    if starred:
-        for name, entry in teacher["not_built"].items():
-            lines.append(f"  * {name} {entry['count']:,}: {entry['source']}")
-    lines += [
-        f"  {short_name(SAM2_CONVS)}: counted on a neck built with SAM3's second copy of convs; "
-        "the image model does not build it (sam3.pt holds it)",
-        "",
-        "SAM3 image model (build_sam3_image_model), by part",
-    ]
-    parts = teacher["parts"]
-    lines += [f"  {name:36} {parts[name]:>12,}" for name in IMAGE_MODEL_PARTS]
-    if teacher["unassigned"]:
-        lines.append(f"  {'(outside the parts above)':36} {teacher['unassigned']:>12,}")
-    lines += [
-        f"  {'detector heads (the last five)':36} {teacher['heads']['total']:>12,}",
-        f"  {'total':36} {teacher['image_model']:>12,}  ({m(teacher['image_model'])})",
-    ]
-    return lines
-
-
-def _zoo(name: str | None) -> str:
-    return STUDENTS[name].zoo_name if name else "SAM3"
-
-
-def format_merged(rows: list[dict[str, Any]], sam3_total: int) -> list[str]:
-    """One row per single-student merged model, then a matrix of the two-student ones."""
-    if not rows:
-        return []
-    lines = [
-        "",
-        "Merged models (students in SAM3's place; SAM3's neck convs and detector heads kept; "
-        f"'% smaller' vs SAM3's image model {m(sam3_total)})",
-        f"  {'image':8} {'text':8} {'students':>9} {'SAM3 kept':>10} {'convs':>7} {'heads':>7} "
-        f"{'total':>8} {'% smaller':>10}",
-    ]
-    pairs = [r for r in rows if r["image"] and r["text"]]
-    for r in rows:
-        if r in pairs:
-            continue
-        lines.append(
-            f"  {_zoo(r['image']):8} {_zoo(r['text']):8} {m(r['students']):>9} "
-            f"{m(r['sam3_encoders_kept']):>10} {m(r['convs']):>7} {m(r['heads']):>7} "
-            f"{m(r['total']):>8} {r['smaller_pct_than_sam3']:>9.2f}%"
-        )
-    lines += [
-        f"  {_zoo(r['image'])} + {_zoo(r['text'])}: {r['unassigned']:,} parameters outside "
-        "the columns above"
-        for r in rows
-        if r["unassigned"]
-    ]
-    if pairs:
-        texts = list(dict.fromkeys(r["text"] for r in pairs))
-        lines.append("  both students (total, % smaller):")
-        lines.append("  " + " " * 8 + "".join(f"{_zoo(t):>19}" for t in texts))
-        for image in dict.fromkeys(r["image"] for r in pairs):
-            cells = {r["text"]: r for r in pairs if r["image"] == image}
-            row = "".join(
-                f"{m(cells[t]['total']):>10} ({cells[t]['smaller_pct_than_sam3']:5.2f}%)"
-                for t in texts
-            )
-            lines.append(f"  {_zoo(image):8}{row}")
-    lines.append(
-        "  students: the student's backbone + head; SAM3 kept: the encoder a merged model keeps "
-        "(the text encoder beside a vision student, the trunk beside a text student)"
-    )
-    return lines

@@ -3,8 +3,8 @@
 The image teacher returns the trunk's last map ``[B, EMBED_DIM, EMBED_SIZE, EMBED_SIZE]``
 (before the neck: the students replace the trunk); the text teacher returns
 ``language_features`` as ``[B, CONTEXT_LENGTH, 256]``. :func:`teacher_image_config` gives the
-whole image model of an architecture (backbone and detector heads), e.g. to save a reduced
-random teacher in ``sam3.pt``'s layout.
+whole image model of an architecture (backbone, detector heads and interactive SAM heads), and
+:func:`save_random_image_teacher` saves a reduced random one in ``sam3.pt``'s layout.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,17 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from sam3.arch import ImageModelConfig
+from sam3.arch import TRACKER, ImageModelConfig
 from sam3.checkpoint import SAM3_DOWNLOAD_HINT
-from sam3.model.heads_config import HeadsConfig
+from sam3.model.heads_config import HeadsConfig, SamHeadsConfig
 from sam3.model.text_encoder import TextConfig
 from sam3.model.vit import ViTConfig
-from sam3.model_builder import BackboneConfig, build_sam3_backbone
+from sam3.model_builder import (
+    DETECTOR_PREFIX,
+    BackboneConfig,
+    build_sam3_backbone,
+    build_sam3_image_model,
+)
 
 from .errors import UserError
 
@@ -98,12 +104,38 @@ TEACHER_HEADS: dict[str, HeadsConfig] = {
 
 
 def teacher_image_config(arch: str, img_size: int) -> ImageModelConfig:
-    """The whole image model (backbone + detector heads) of teacher ``arch`` at ``img_size``."""
+    """The whole image model of teacher ``arch`` at ``img_size``: backbone, detector heads, and
+    the interactive SAM heads, which keep SAM3's sizes for every arch (4.2M parameters; their
+    grid and input side follow the trunk's)."""
     if arch not in TEACHER_ARCHS:
         raise TeacherError(
             f"MODEL.TEACHER_ARCH {arch!r} is unknown — use one of {sorted(TEACHER_ARCHS)}"
         )
-    return ImageModelConfig(backbone=TEACHER_ARCHS[arch](img_size), heads=TEACHER_HEADS[arch])
+    return ImageModelConfig(
+        backbone=TEACHER_ARCHS[arch](img_size),
+        heads=TEACHER_HEADS[arch],
+        sam_heads=SamHeadsConfig(),
+    )
+
+
+def sam3_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An image model's ``state_dict`` under ``sam3.pt``'s names: the interactive heads'
+    ``tracker.*`` keys as they are, everything else under ``detector.``."""
+    return {k if k.startswith(TRACKER) else DETECTOR_PREFIX + k: v for k, v in state.items()}
+
+
+def save_random_image_teacher(path: Path, arch: str, img_size: int, seed: int = 0) -> int:
+    """Build the whole image model of ``arch`` with interactivity, randomly initialised from
+    ``seed``, and save it as ``{"model": state}`` in ``sam3.pt``'s layout (through a temporary
+    file and a rename); returns the number of tensors saved."""
+    torch.manual_seed(seed)
+    cfg = teacher_image_config(arch, img_size)
+    model = build_sam3_image_model(None, cfg=cfg, enable_inst_interactivity=True)
+    state = sam3_layout(model.state_dict())
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": state}, tmp)
+    os.replace(tmp, path)
+    return len(state)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 24, progress: bool = False) -> str:

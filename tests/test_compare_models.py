@@ -1,7 +1,7 @@
 """stage1/compare_models.py: the spec's command runs and reproduces the spec's tables.
 
-Expected counts are the documented ones (sam3_model.md §4-§5), or are recomputed here from
-modules built independently of the report code.
+Expected counts are the documented ones (sam3_model.md §4-§5, sam3_interactive.md §8-§9), or are
+recomputed here from modules built independently of the report code.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import torch
 from sam3.arch import BackboneConfig
 from sam3.backbones import build_student, list_students
 from sam3.merged import merged_backbone
+from sam3.model.heads_config import HeadsConfig, SamHeadsConfig
+from sam3.model.sam3_image import Sam3ImageModel
 from sam3.model_builder import build_sam3_image_model
 from stage1 import compare_models, report_params
 
@@ -38,7 +40,12 @@ HEADS = {
 TRUNK, CONVS, SAM2_CONVS = 446_237_696, 7_802_112, 7_802_112
 TEXT_ENCODER, RESIZER = 353_462_272, 262_400
 IMAGE_MODEL = 840_509_750  # sam3_model.md §5: build_sam3_image_model()
-TRACKER = 11_743_362  # the interactive predictor, not built by the image model
+# sam3_interactive.md §8-§9: sam3.pt's tracker.*, of which the image model builds the SAM heads
+TRACKER, PROMPT_ENCODER, MASK_DECODER, NO_MEM_EMBED = 11_743_362, 6_220, 4_215_109, 256
+INTERACTIVE = 4_221_585  # the three above
+VIDEO_ONLY = 7_521_777  # memory attention, memory encoder, object pointers: not built
+INTERACTIVE_MODEL = 852_533_447  # build_sam3_image_model(enable_inst_interactivity=True)
+SAM3_PT = 860_055_224  # §9: Meta's build with interactivity, all of sam3.pt's parameters
 
 
 def _numel(module: torch.nn.Module) -> int:
@@ -69,14 +76,18 @@ def test_spec_command_runs_from_the_repository_root():
     assert "vision backbone   461.84M = trunk 446.24M + convs 7.80M + sam2_convs 7.80M" in out
     assert "language backbone 353.72M = encoder 353.46M + resizer 0.26M" in out
     assert (
-        "decoder/heads      44.49M = heads 32.75M + inst_interactive_predictor 11.74M*   "
-        "(spec: ~45M)\n" in out
+        "decoder/heads      44.49M = heads 32.75M + interactive heads 4.22M + tracker video-only "
+        "7.52M*   (spec: ~45M)\n" in out
     )
     assert (
-        "total             860.06M = image model 840.51M + sam2_convs 7.80M + "
-        "inst_interactive_predictor 11.74M*   (spec: 860.06M)\n" in out
+        "total             860.06M = image model 852.53M + tracker video-only 7.52M*   "
+        "(spec: 860.06M)\n" in out
     )
-    assert "  * inst_interactive_predictor 11,743,362: " in out
+    assert "  * tracker video-only 7,521,777, not built: " in out
+    assert (
+        "  tracker (sam3.pt's tracker.*) 11,743,362 = interactive heads 4,221,585 (built) + "
+        "video-only 7,521,777* (+ 256 buffer elements" in out
+    )
     assert "not built here" not in out and "NOT reproduced" not in out
     for line in (
         "geometry_encoder                        8,215,808",
@@ -84,8 +95,18 @@ def test_spec_command_runs_from_the_repository_root():
         "transformer.decoder                    11,575,093",
         "segmentation_head                       2,298,881",
         "dot_prod_scoring                        1,182,976",
-        "detector heads (the last five)         32,745,270",
-        "total                                 840,509,750  (840.51M)",
+        "detector heads (the five above)        32,745,270",
+        "backbone.vision_backbone.sam2_convs     7,802,112",
+        "tracker.sam_prompt_encoder                  6,220",
+        "tracker.sam_mask_decoder                4,215,109",
+        "tracker.no_mem_embed                          256",
+        "interactive heads (the three above)     4,221,585",
+        "total                                 852,533,447  (852.53M)",
+        "without interactivity                 840,509,750  (840.51M): no sam2_convs, no tracker",
+        "+ tracker video-only, not built*        7,521,777",
+        "= sam3.pt's parameters (spec total)   860,055,224  (860.06M)",
+        "with interactivity (enable_inst_interactivity=True) each also builds sam2_convs 7.80M "
+        "and the interactive heads 4.22M: +12.02M",
         "ES-EV-S  SAM3        10.25M    353.72M   7.80M  32.75M  404.53M     51.87%",
         "SAM3     ES-MC-S     42.29M    446.24M   7.80M  32.75M  529.07M     37.05%",
         "ES-EV-S     93.09M (88.92%)   114.08M (86.43%)   174.02M (79.30%)",
@@ -146,23 +167,47 @@ def test_teacher_counts_come_from_the_built_image_model(report):
         "backbone.language_backbone.encoder": TEXT_ENCODER,
         "backbone.language_backbone.resizer": RESIZER,
         **HEADS,
+        "tracker.sam_prompt_encoder": PROMPT_ENCODER,
+        "tracker.sam_mask_decoder": MASK_DECODER,
+        "tracker.no_mem_embed": NO_MEM_EMBED,
     }
     assert teacher["heads"] == {**HEADS, "total": 32_745_270}
-    assert teacher["image_model"] == IMAGE_MODEL and teacher["unassigned"] == 0
-    assert teacher["not_built"]["inst_interactive_predictor"]["count"] == TRACKER
+    assert teacher["interactive_heads"]["total"] == INTERACTIVE
+    assert teacher["tracker"] == {
+        "interactive_heads": INTERACTIVE,
+        "video_only": VIDEO_ONLY,
+        "total": TRACKER,
+        "buffer_numel": 256,
+    }
+    assert teacher["image_model"] == INTERACTIVE_MODEL and teacher["unassigned"] == 0
+    assert teacher["image_model_without_interactivity"] == IMAGE_MODEL
+    assert teacher["not_built"]["tracker video-only"]["count"] == VIDEO_ONLY
     figures = {f["label"]: (f["count"], f["reproduced"]) for f in teacher["spec_figures"]}
     assert figures == {
         "vision backbone": (461_841_920, True),
         "language backbone": (353_724_672, True),
         "decoder/heads": (44_488_632, True),
-        "total": (860_055_224, True),
+        "total": (SAM3_PT, True),
     }
     # the same counts straight from the builder, without the report code
-    model = build_sam3_image_model(device="meta")
-    assert _numel(model) == IMAGE_MODEL
-    assert {name: _numel(model.get_submodule(name)) for name in HEADS} == HEADS
-    assert _numel(model.backbone.vision_backbone) == TRUNK + CONVS
-    assert _numel(model.backbone.language_backbone) == TEXT_ENCODER + RESIZER
+    plain = build_sam3_image_model(device="meta")
+    assert _numel(plain) == IMAGE_MODEL
+    assert {name: _numel(plain.get_submodule(name)) for name in HEADS} == HEADS
+    assert _numel(plain.backbone.vision_backbone) == TRUNK + CONVS
+    assert _numel(plain.backbone.language_backbone) == TEXT_ENCODER + RESIZER
+    with pytest.raises(ValueError, match="enable_inst_interactivity"):
+        report_params.teacher_counts(plain)
+    model = build_sam3_image_model(device="meta", enable_inst_interactivity=True)
+    tracker = model.tracker
+    assert _numel(tracker) == INTERACTIVE and sum(b.numel() for b in tracker.buffers()) == 256
+    assert _numel(tracker.sam_prompt_encoder) == PROMPT_ENCODER
+    assert _numel(tracker.sam_mask_decoder) == MASK_DECODER
+    assert _numel(model.backbone.vision_backbone.sam2_convs) == SAM2_CONVS
+    assert _numel(model) == INTERACTIVE_MODEL == IMAGE_MODEL + SAM2_CONVS + INTERACTIVE
+    # the not-built constant is the documented tracker less the built heads, and closes the total
+    video_only = sum(report_params.VIDEO_ONLY_PARTS.values())
+    assert video_only == TRACKER - _numel(tracker) == VIDEO_ONLY
+    assert _numel(model) + video_only == SAM3_PT
 
 
 def test_spec_figure_reproduction_rule():
@@ -191,6 +236,8 @@ def test_each_merged_total_is_the_students_plus_sam3s_kept_parts(report):
         assert (row["convs"], row["heads"], row["unassigned"]) == (CONVS, heads, 0)
         pct = 100 * (1 - row["total"] / IMAGE_MODEL)
         assert row["smaller_pct_than_sam3"] == pytest.approx(pct)
+        assert (row["sam2_convs"], row["interactive_heads"]) == (SAM2_CONVS, INTERACTIVE)
+        assert row["total_with_interactivity"] == row["total"] + SAM2_CONVS + INTERACTIVE
 
 
 def test_merged_backbone_of_sam3_merged_gives_the_same_total(report):
@@ -198,8 +245,13 @@ def test_merged_backbone_of_sam3_merged_gives_the_same_total(report):
     for image, caption in (("efficientvit_b0", "MobileCLIP-S0"), ("tiny_vit_21m", "MobileCLIP2-L")):
         with torch.device("meta"):
             backbone = merged_backbone({"name": image}, {"name": caption}, BackboneConfig())
+            both = merged_backbone(
+                {"name": image}, {"name": caption}, BackboneConfig(), enable_sam2_neck=True
+            )
+            model = Sam3ImageModel(both, HeadsConfig(), sam_heads=SamHeadsConfig())
         total = _numel(backbone) + sum(HEADS.values())
         assert rows[(image, caption)]["total"] == total
+        assert rows[(image, caption)]["total_with_interactivity"] == _numel(model)
 
 
 def test_one_student_by_zoo_name(capsys):

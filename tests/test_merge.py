@@ -20,8 +20,10 @@ from sam3.model_builder import (
     VISION_STUDENT_PREFIX,
     VISION_TRUNK_PREFIX,
     build_efficientsam3_backbone,
+    build_efficientsam3_image_model,
     build_sam3_backbone,
 )
+from sam3.predictor import Sam3Predictor
 from stage1 import (
     convert_both_encoders_weights_stage1,
     convert_image_encoder_weights_stage1,
@@ -30,7 +32,7 @@ from stage1 import (
 from stage1.config import load_config
 from stage1.engine import build_model
 from stage1.merge import MergeError, load_student, run_merge
-from stage1.teachers import TEACHER_ARCHS
+from stage1.teachers import TEACHER_ARCHS, save_random_image_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = ["DATA.IMG_SIZE", "112", "DISTILL.EMBED_DIM", "64", "DISTILL.EMBED_SIZE", "8"]
@@ -267,6 +269,28 @@ def test_safetensors_output_gives_the_same_model(files):
         ta, tb = a.forward_text(["a cat"]), b.forward_text(["a cat"])
     assert torch.equal(fa["vision_features"], fb["vision_features"])
     assert torch.equal(ta["language_features"], tb["language_features"])
+
+
+def test_a_merged_whole_image_model_builds_with_interactivity(files, tmp_path):
+    sam3 = tmp_path / "sam3_tiny_image.pt"  # a whole image model with the interactive heads
+    save_random_image_teacher(sam3, "sam3_tiny", 112, seed=3)
+    merged = run_merge(sam3, tmp_path / "merged.pth", files["image"], files["text"])
+    teacher, _ = read_checkpoint(sam3)
+    state, _ = read_checkpoint(merged.output)
+    sam2 = BACKBONE_PREFIX + "vision_backbone.sam2_convs."
+    carried = [k for k in teacher if k.startswith(("tracker.", sam2))]
+    assert len(carried) > 50 and all(torch.equal(state[k], teacher[k]) for k in carried)
+    model = build_efficientsam3_image_model(merged.output, enable_inst_interactivity=True)
+    own = model.tracker.state_dict()
+    assert own and all(torch.equal(own[k], teacher["tracker." + k]) for k in own)
+    necks = model.backbone.vision_backbone.sam2_convs.state_dict()
+    assert all(torch.equal(v, teacher[sam2 + k]) for k, v in necks.items())
+    predictor = Sam3Predictor(model)
+    photo = (torch.rand(3, 90, 120) * 255).to(torch.uint8)
+    found = predictor.predict_inst(
+        predictor.set_image(photo), box=[10, 10, 60, 50], multimask_output=False
+    )
+    assert found.masks.shape == (1, 90, 120) and 0.0 < float(found.scores[0]) < 1.0
 
 
 def test_merged_backbone_gives_the_students_features_and_sam3_shapes(files):

@@ -9,11 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from sam3.arch import HEAD_ROOTS, infer_heads_config
+from sam3.arch import HEAD_ROOTS, infer_heads_config, infer_sam_heads_config
 from sam3.checkpoint import read_checkpoint
-from sam3.model_builder import build_efficientsam3_backbone, build_efficientsam3_image_model
-from sam3.predictor import Detections
-from stage1 import quickstart
+from sam3.instance import InstanceMasks
+from sam3.model.heads_config import SamHeadsConfig
+from sam3.model_builder import (
+    build_efficientsam3_backbone,
+    build_efficientsam3_image_model,
+    build_sam3_image_model,
+)
+from sam3.predictor import Detections, Sam3Predictor
+from stage1 import quickstart, quickstart_segment
 from stage1.pictures import (
     cosine_map_mean,
     feature_comparison,
@@ -21,8 +27,17 @@ from stage1.pictures import (
     pca_rgb,
     training_curves,
 )
-from stage1.quickstart_segment import best_detection, mask_iou
-from stage1.teachers import TEACHER_HEADS
+from stage1.quickstart_data import SAMPLES
+from stage1.quickstart_segment import (
+    BOX_PROMPT,
+    best_detection,
+    compare_segmentations,
+    instance_detection,
+    mask_iou,
+)
+from stage1.teachers import TEACHER_HEADS, save_random_image_teacher, teacher_image_config
+
+TINY_SIZE = 112  # the reduced teacher's input side in the segmentation tests
 
 
 def test_pca_colours_are_shared_between_teacher_and_student():
@@ -77,6 +92,97 @@ def test_best_detection_and_mask_iou():
         mask_iou(masks[0], masks[0, :3])
 
 
+def test_instance_detection_is_the_one_mask_its_extent_and_predicted_iou():
+    masks = torch.zeros(1, 6, 8, dtype=torch.bool)
+    masks[0, 2:4, 3:7] = True  # rows 2-3, columns 3-6
+    extra = (torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    found = InstanceMasks(masks, torch.tensor([0.7]), torch.zeros(1, 4, 4), *extra)
+    det = instance_detection(found, (0.0, 0.0, 5.0, 5.0))
+    assert len(det) == 1 and torch.equal(det.masks, masks)
+    assert det.boxes.tolist() == [[3.0, 2.0, 7.0, 4.0]]
+    assert det.scores.tolist() == [pytest.approx(0.7)]
+    empty = InstanceMasks(
+        torch.zeros_like(masks), torch.tensor([0.2]), torch.zeros(1, 4, 4), *extra
+    )
+    det = instance_detection(empty, (1.0, 2.0, 3.0, 4.0))
+    assert len(det) == 1 and not det.masks.any()  # still one answer, scored
+    assert det.boxes.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two reduced random teachers (seeds 0 and 1) saved in sam3.pt's layout and loaded back
+    with their interactive heads: (states as saved, models)."""
+    base = tmp_path_factory.mktemp("tiny_teachers")
+    cfg = teacher_image_config("sam3_tiny", TINY_SIZE)
+    states, models = [], []
+    for seed in (0, 1):
+        path = base / f"teacher_{seed}.pt"
+        count = save_random_image_teacher(path, "sam3_tiny", TINY_SIZE, seed=seed)
+        state, _ = read_checkpoint(path)
+        assert len(state) == count
+        states.append(state)
+        models.append(build_sam3_image_model(path, cfg=cfg, enable_inst_interactivity=True))
+    return states, models
+
+
+def test_the_reduced_teacher_file_has_sam3s_interactive_layout(tiny_models):
+    (state, _), (model, _) = tiny_models
+    tracker = [k for k in state if k.startswith("tracker.")]
+    assert tracker and all(k.startswith(("detector.", "tracker.")) for k in state)
+    assert not any(k.startswith("detector.tracker.") for k in state)
+    assert any(k.startswith("detector.backbone.vision_backbone.sam2_convs.") for k in state)
+    assert infer_sam_heads_config(state) == SamHeadsConfig()  # SAM3's sizes
+    assert infer_heads_config(state) == TEACHER_HEADS["sam3_tiny"]
+    own = model.tracker.state_dict()
+    assert len(own) == len(tracker)
+    assert all(torch.equal(own[k], state["tracker." + k]) for k in own)
+
+
+def test_segmentation_rows_and_their_iou(tiny_models, tmp_path, monkeypatch):
+    _, (teacher, other) = tiny_models
+    titles = []
+    save = quickstart_segment.save_figure
+
+    def capture(fig, path):
+        titles.append([ax.get_title() for ax in fig.axes])  # row by row
+        return save(fig, path)
+
+    monkeypatch.setattr(quickstart_segment, "save_figure", capture)
+    photo = Image.open(SAMPLES / "astronaut.jpg").convert("RGB")
+    same = compare_segmentations(
+        {"teacher": teacher, "again": teacher}, photo, tmp_path / "a.png", ""
+    )
+    assert same["iou"] == {"text": 1.0, "box": 1.0, "interactive": 1.0}
+    result = compare_segmentations(
+        {"teacher": teacher, "other": other}, photo, tmp_path / "b.png", ""
+    )
+    assert set(result["iou"]) == {"text", "box", "interactive"}
+    assert all(0.0 <= v <= 1.0 for v in result["iou"].values())
+    # the interactive row is predict_inst's one mask for the box, and its IoU is the masks'
+    masks = []
+    for model in (teacher, other):
+        predictor = Sam3Predictor(model)
+        state = predictor.set_image(photo)
+        masks.append(predictor.predict_inst(state, box=list(BOX_PROMPT), multimask_output=False))
+    shown = [result["found"][n]["interactive"] for n in ("teacher", "other")]
+    for direct, det in zip(masks, shown):
+        assert torch.equal(det.masks, direct.masks.cpu()) and det.masks.shape == (1, 512, 512)
+        assert det.scores.tolist() == direct.scores.tolist()
+    a, b = masks[0].masks[0], masks[1].masks[0]
+    union = int((a | b).sum())
+    expected = int((a & b).sum()) / union if union else 1.0
+    assert result["iou"]["interactive"] == pytest.approx(expected)
+    assert result["scores"]["interactive"]["teacher"] == pytest.approx(float(masks[0].scores[0]))
+    # the picture has the third row, titled with the prompt, the predicted IoU and the mask IoU
+    last = titles[-1]
+    assert len(last) == 6  # three rows of two panels
+    assert "SAM heads" in last[4] and "predicted IoU" in last[4] and "SAM heads" not in last[2]
+    assert f"mask IoU vs teacher {result['iou']['interactive']:.3f}" in last[5]
+    with Image.open(result["path"]) as picture:
+        assert picture.height > 1.3 * picture.width  # three rows of two square photos
+
+
 def test_an_existing_sam3_checkpoint_is_the_teacher(tmp_path, capsys):
     sam3 = tmp_path / "sam3.pt"
     sam3.write_bytes(b"stand-in")  # only its existence is looked at here
@@ -116,16 +222,22 @@ def test_quickstart_runs_every_phase(tmp_path, capsys):
     teacher, _ = read_checkpoint(out / "sam3_tiny_random.pt")
     assert infer_heads_config(teacher) == TEACHER_HEADS["sam3_tiny"]
     merged_state, _ = read_checkpoint(merged)
+    assert infer_sam_heads_config(teacher) == SamHeadsConfig()
     kept = [k for k in teacher if k.startswith(tuple("detector." + r for r in HEAD_ROOTS))]
     kept += [k for k in teacher if k.startswith("detector.backbone.vision_backbone.convs.")]
     assert len(kept) > 100
-    assert all(torch.equal(merged_state[k], teacher[k]) for k in kept)
+    interactive = [k for k in teacher if k.startswith("tracker.")]
+    interactive += [k for k in teacher if "vision_backbone.sam2_convs." in k]
+    assert len(interactive) > 50
+    assert all(torch.equal(merged_state[k], teacher[k]) for k in kept + interactive)
     assert len(build_efficientsam3_image_model(merged).transformer.decoder.layers) == 1
     ious = result["segmentation_iou"]
-    assert set(ious) == {"text", "box"} and all(0.0 <= v <= 1.0 for v in ious.values())
+    assert set(ious) == {"text", "box", "interactive"}
+    assert all(0.0 <= v <= 1.0 for v in ious.values())
     for scores in result["segmentation_scores"].values():
         assert all(0.0 < v < 1.0 for v in scores.values())
-    assert "top-1 by score" in printed
+    assert "top-1 by score" in printed and "SAM heads" in printed
+    assert f"interactive {ious['interactive']:.3f}" in printed
     for key in ("features_png", "curves_png", "segmentation_png"):
         with Image.open(result[key]) as picture:
             assert np.asarray(picture.convert("L")).std() > 10  # drawn, not blank
