@@ -28,7 +28,9 @@ STAMP = ORACLE_DIR / "READY"
 # Meta's package and the small modules its ``import sam3.model_builder`` needs that a
 # torch/timm/open_clip environment lacks: iopath (and its portalocker), einops and psutil for the
 # video/tracker modules, and pycocotools, which ``sam3.train.data`` imports at module level via
-# ``model.sam1_task_predictor -> sam3_tracker_base -> train.data.collator``.
+# ``model.sam1_task_predictor -> sam3_tracker_base -> train.data.collator``. scikit-image (with
+# its lazy_loader; scipy, networkx and pillow come from the environment) is what Meta's
+# interactive predictor fills mask holes with on the CPU; without it that step is skipped.
 PINS: dict[str, str] = {
     "sam3": "0.1.4",
     "iopath": "0.1.10",
@@ -36,6 +38,8 @@ PINS: dict[str, str] = {
     "portalocker": "4.4.2",
     "psutil": "7.2.2",
     "pycocotools": "2.0.11",
+    "scikit-image": "0.26.0",
+    "lazy_loader": "0.4",
 }
 
 # Imported in the check subprocess; the script fails if Meta's sam3 does not come from the site.
