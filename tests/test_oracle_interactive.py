@@ -14,29 +14,19 @@ from sam3.arch import BackboneConfig, ImageModelConfig
 from sam3.instance import prepare_prompt
 from sam3.model.heads_config import HeadsConfig
 from sam3.model.text_encoder import TextConfig
-from sam3.model.vit import ViTConfig
 from sam3.model_builder import build_sam3_image_model
 from sam3.predictor import Sam3Predictor
 from sam3.preprocess import preprocess
 
 from conftest import assert_matches
 from seeded_init import WEIGHT_STD, seeded_state
+from test_oracle_grounding import VISION
+from test_oracle_grounding import reduced_config as grounding_config
 
 pytestmark = pytest.mark.oracle
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 PHOTOS = [SAMPLES / "chelsea.jpg", SAMPLES / "rocket.jpg"]
-VISION = dict(
-    img_size=112,
-    patch_size=14,
-    embed_dim=64,
-    depth=2,
-    num_heads=4,
-    mlp_ratio=4.625,
-    window_size=4,
-    global_att_blocks=[1],
-    pretrain_img_size=56,
-)
 SEEDED = ("backbone.vision_backbone.", "tracker.")  # the parts on the interactive path
 MAX_MASK_MISMATCH = 1e-4  # fraction of photo pixels on which a thresholded mask may differ
 
@@ -72,19 +62,10 @@ FULL_CASES = [
 
 
 def reduced_config() -> ImageModelConfig:
-    v = VISION
-    vit = ViTConfig(
-        img_size=v["img_size"],
-        patch_size=v["patch_size"],
-        embed_dim=v["embed_dim"],
-        depth=v["depth"],
-        num_heads=v["num_heads"],
-        mlp_ratio=v["mlp_ratio"],
-        window_size=v["window_size"],
-        global_blocks=tuple(v["global_att_blocks"]),
-        pretrain_img_size=v["pretrain_img_size"],
-    )
+    """The grounding oracle's reduced trunk; SAM3's neck width and small detector heads (the
+    SAM heads keep SAM3's sizes, as Meta's tracker builds them)."""
     small = HeadsConfig(num_queries=8, geometry_layers=1, encoder_layers=1, decoder_layers=1)
+    vit = grounding_config().backbone.vit
     text = TextConfig(width=64, heads=1, layers=1)
     return ImageModelConfig(backbone=BackboneConfig(vit=vit, text=text), heads=small)
 

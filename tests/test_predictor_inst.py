@@ -13,22 +13,13 @@ from sam3.instance import HOLE_FILL_LOGIT, fill_holes, prepare_prompt
 from sam3.model.heads_config import HeadsConfig, SamHeadsConfig
 from sam3.model.mask_decoder import MaskDecoder
 from sam3.model.text_encoder import TextConfig
-from sam3.model.vit import ViTConfig
 from sam3.model_builder import build_sam3_image_model
 from sam3.predictor import Sam3Predictor
 from sam3.preprocess import ImageGeometry
 
-VIT = ViTConfig(
-    img_size=112,
-    patch_size=14,
-    embed_dim=64,
-    depth=2,
-    num_heads=4,
-    mlp_ratio=4.625,
-    window_size=4,
-    global_blocks=(1,),
-    pretrain_img_size=56,
-)
+from test_oracle_grounding import reduced_config as grounding_config
+
+VIT = grounding_config().backbone.vit  # 112 px, 8x8 grid
 CONFIG = ImageModelConfig(
     backbone=BackboneConfig(vit=VIT, text=TextConfig(width=64, heads=1, layers=1)),
     heads=HeadsConfig(num_queries=8, geometry_layers=1, encoder_layers=1, decoder_layers=1),
