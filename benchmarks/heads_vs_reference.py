@@ -16,6 +16,9 @@ cancel):
 3. Both again under ``torch.autocast("cpu", torch.bfloat16)``: times, and how the bf16 outputs
    agree with the fp32 ones on the top detections by fp32 score (box IoU, mask IoU, score
    differences, shared top-k queries). The CPU's native bf16 support is printed first.
+4. The interactive heads for one box prompt (single mask), ours vs Meta's on the same seeded
+   weights, and the post-processing to a 720x1280 photo: ``interactive_vs_reference.py``
+   (which also runs alone), fp32 only.
 
 Each timed run also reports how many cores it kept busy (process CPU time / wall time); runs
 under 3/4 of ``--threads`` shared the CPU with someone else's load (two OpenMP threads on one
@@ -96,6 +99,7 @@ SIZES = {
     "small": dict(resolution=336, heads=SMALL_HEADS),
 }
 STUDENTS = {"image": "efficientvit_b0", "text": "MobileCLIP-S0"}  # ES-EV-S, ES-MC-S
+INTERACTIVE_ROUNDS, INTERACTIVE_PASSES = 6, 10  # part 4: alternating requests, passes each
 
 
 # ---------------------------------------------------------------- pure helpers (tested)
@@ -170,10 +174,12 @@ def cpu_bf16_flags(cpuinfo: str) -> dict[str, bool]:
     return {name: name in flags for name in ("avx512_bf16", "amx_bf16", "amx_tile")}
 
 
-def max_diffs(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, dict[str, float]]:
-    """Largest ``|a - b|`` and the relative L2 error of every output both hold."""
+def max_diffs(
+    a: dict[str, Tensor], b: dict[str, Tensor], keys: tuple[str, ...] = OUTPUTS
+) -> dict[str, dict[str, float]]:
+    """Largest ``|a - b|`` and the relative L2 error of every output in ``keys``."""
     out = {}
-    for key in OUTPUTS:
+    for key in keys:
         x, y = a[key].double(), b[key].double()
         out[key] = {
             "max_abs": float((x - y).abs().max()),
@@ -188,10 +194,11 @@ def max_diffs(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, dict[str,
 class StageClock:
     """Wall time spent inside named submodules (forward hooks), summed over one pass."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, stages: dict[str, str] | None = None):
+        self.stages = STAGES if stages is None else stages  # stage -> module path
         self.seconds: dict[str, float] = {}
         self._start: dict[str, float] = {}
-        for stage, path in STAGES.items():
+        for stage, path in self.stages.items():
             module = model.get_submodule(path)
             module.register_forward_pre_hook(partial(self._enter, stage))
             module.register_forward_hook(partial(self._leave, stage))
@@ -205,7 +212,7 @@ class StageClock:
 
     def take(self, total: float) -> dict[str, float]:
         """This pass's stage times plus ``other`` (the rest of ``total``); resets the clock."""
-        out = {s: self.seconds.get(s, 0.0) for s in STAGES}
+        out = {s: self.seconds.get(s, 0.0) for s in self.stages}
         out["other"] = total - sum(out.values())
         self.seconds = {}
         return out
@@ -384,7 +391,17 @@ class WorkerError(RuntimeError):
 class Worker:
     """A worker process seen from the parent."""
 
-    def __init__(self, role: str, size: str, threads: int, inputs_path: str):
+    def __init__(
+        self,
+        role: str,
+        size: str,
+        threads: int,
+        inputs_path: str,
+        script: Path | None = None,
+        extra: tuple[str, ...] | list[str] = (),
+    ):
+        """Start ``script`` (this file by default) as a ``role`` worker; ``extra`` arguments
+        follow the common ones."""
         env = dict(os.environ)
         if role == "meta":
             from prepare_oracle import is_ready, oracle_site
@@ -396,8 +413,9 @@ class Worker:
             env["PYTHONPATH"] = os.pathsep.join([str(oracle_site()), str(REFERENCE)])
         else:
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(REFERENCE)])
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", role, "--size", size]
-        cmd += ["--threads", str(threads), "--inputs", inputs_path]
+        script = Path(__file__).resolve() if script is None else script
+        cmd = [sys.executable, str(script), "--worker", role, "--size", size]
+        cmd += ["--threads", str(threads), "--inputs", inputs_path, *extra]
         self.name = role
         self.proc = subprocess.Popen(
             cmd,
@@ -630,6 +648,14 @@ def run_e2e(args: argparse.Namespace, folder: str) -> dict[str, Any]:
     return res
 
 
+def _interactive() -> Any:
+    """The interactive benchmark module (beside this file)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("interactive_vs_reference")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Parse arguments and run the parent or a worker."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -645,6 +671,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--top-k", type=int, default=10, help="detections compared for agreement")
     parser.add_argument("--skip-e2e", action="store_true", help="measure the heads only")
     parser.add_argument("--skip-heads", action="store_true", help="measure end to end only")
+    parser.add_argument(
+        "--skip-interactive", action="store_true", help="leave out the interactive heads"
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument(
         "--worker", choices=["ours", "meta", "sam3", "efficient"], help=argparse.SUPPRESS
@@ -667,6 +696,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             report["heads"] = run_heads(args, folder)
         if not args.skip_e2e:
             report["e2e"] = run_e2e(args, folder)
+        if not args.skip_interactive:
+            report["interactive"] = _interactive().run_interactive(
+                args.size, args.threads, INTERACTIVE_ROUNDS, INTERACTIVE_PASSES, args.warmup, folder
+            )
     report["load_average_end"] = os.getloadavg()[0]
     print(
         f"load average {report['load_average_end']:.2f} at the end (2 cores shared: see contention)"

@@ -108,3 +108,45 @@ def test_cpu_bf16_flags_read_the_flags_line(heads):
         "amx_tile": False,
     }
     assert not any(heads.cpu_bf16_flags("flags\t: amx_bf16x avx512_bf16_\n").values())
+
+
+@pytest.fixture(scope="module")
+def interactive():
+    return _bench("interactive_vs_reference")
+
+
+def test_mask_like_logits_holes_by_hand(interactive):
+    from sam3.instance import fill_holes
+
+    # at 288 the holes have sides 1, 2, 4, 8, 12, 16, 20, 30: the six of at most 256 cells
+    # (1 + 4 + 16 + 64 + 144 + 256) are filled, the 400- and 900-cell ones are kept; at 96
+    # the sides are 1, 1, 1, 3, 4, 5, 7, 10 and all are filled
+    for side, filled in ((288, 485), (96, 202)):
+        logits = interactive.mask_like_logits(side)
+        assert logits.shape == (1, 1, side, side)
+        assert int((logits == -4.0).sum()) == (485 + 400 + 900 if side == 288 else 202)
+        assert int((fill_holes(logits) > 0).sum() - (logits > 0).sum()) == filled
+
+
+@pytest.mark.oracle
+def test_interactive_benchmark_runs_reduced_and_compares_like_with_like(interactive):
+    res = interactive.main(["--size", "small", "--rounds", "2", "--passes", "2", "--warmup", "0"])
+    for mode in ("heads", "features", "post"):
+        r = res[mode]
+        assert all(t > 0 for times in r["times"].values() for t in times)
+        assert len(r["times"]["ours"]) == len(r["times"]["meta"]) == 2
+        # the printed ratio is ours over Meta's, from this run's medians
+        assert r["ratio"] == pytest.approx(r["median"]["ours"] / r["median"]["meta"])
+    # both workers ran the same function of the same weights and inputs
+    for mode in ("heads", "features"):
+        for key, d in res[mode]["ours_vs_meta"].items():
+            assert d["rel_l2"] <= 1e-5, (mode, key, d)
+    assert set(res["heads"]["ours_vs_meta"]) == {"iou", "low_res_masks"}
+    assert res["post"]["ours_vs_meta"]["low_res_logits"]["max_abs"] == 0.0
+    if res["meta_hole_filling"]:
+        assert res["post"]["mask_iou"] == 1.0
+    else:  # unfilled holes make Meta's mask smaller
+        assert res["post"]["mask_iou"] < 1.0
+    stages = res["heads"]["stages"]["ours"]
+    assert set(stages) == {"prompt_encoder", "transformer", "decoder_rest", "other"}
+    assert stages["transformer"] > 0 and stages["decoder_rest"] > 0

@@ -6,6 +6,10 @@ upscaled 4x by two transposed convs, adding ``conv_s1``/``conv_s0`` projections 
 2x/4x maps; each mask token's hypernetwork MLP turns it into a 1x1 filter over the upscaled map.
 The IoU head predicts each mask's quality (sigmoid) and the object-score head a presence logit.
 Names follow ``tracker.sam_mask_decoder.*`` in ``sam3.pt``.
+
+The upscaling runs channels-last: a kernel-2 stride-2 transposed conv is one GEMM of the pixels
+(each makes its 2x2 outputs) whose pixel shuffle the skip's add writes, the LayerNorm2d a plain
+layer norm over the last dim; the skips are kept channels-last from :meth:`MaskDecoder.high_res`.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from torch import Tensor, nn
 from .heads_config import SamHeadsConfig
 from .mlp import MLP
 from .norms import LayerNorm2d
-from .packed_linear import inference_linear
-from .two_way_transformer import TwoWayTransformer
+from .two_way_transformer import TwoWayTransformer, linear
 
 
 class MaskDecoder(nn.Module):
@@ -52,10 +55,8 @@ class MaskDecoder(nn.Module):
     def high_res(self, level0: Tensor, level1: Tensor) -> tuple[Tensor, Tensor]:
         """The neck's 4x and 2x maps -> the skips the upscaling adds (``conv_s0``, ``conv_s1``),
         kept channels-last in memory (the layout :meth:`forward` adds them in; same values)."""
-        last = torch.channels_last
-        return (
-            self.conv_s0(level0).contiguous(memory_format=last),
-            self.conv_s1(level1).contiguous(memory_format=last),
+        return _conv1x1_channels_last(self.conv_s0, level0), _conv1x1_channels_last(
+            self.conv_s1, level1
         )
 
     def forward(
@@ -86,8 +87,7 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([out_tokens.to(sparse.dtype).expand(n, -1, -1), sparse], dim=1)
         _, c, h, w = image.shape
         # image + dense straight into [N, HW, C] memory: the transformer's token layout
-        src = torch.empty(n, h * w, c, dtype=tokens.dtype, device=image.device)
-        torch.add(_tokens_view(image), _tokens_view(dense.to(tokens.dtype)), out=src)
+        src = _add_contiguous(_tokens_view(image), _tokens_view(dense.to(tokens.dtype)))
         hs, keys = self.transformer(src.transpose(1, 2).view(n, c, h, w), image_pe, tokens)
         _, norm, act, _, _ = self.output_upscaling
         s0, s1 = high_res
@@ -114,11 +114,10 @@ class MaskDecoder(nn.Module):
         c_out = conv.weight.shape[1]
         # weight [C_in, C_out, 2, 2] -> rows (dy, dx, C_out) of a linear
         weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * c_out, -1).to(x.dtype)
-        y = inference_linear(x, weight, conv.bias.to(x.dtype).repeat(4))
+        y = linear(x, weight, conv.bias.to(x.dtype).repeat(4))
         # [N, h, w, dy, dx, C] read as [N, h, dy, w, dx, C]: the add writes the pixel shuffle
         y = y.view(-1, h, w, 2, 2, c_out).transpose(2, 3)
-        out = torch.empty(y.shape, dtype=x.dtype, device=x.device)
-        torch.add(y, skip.permute(0, 2, 3, 1).unflatten(1, (h, 2)).unflatten(3, (w, 2)), out=out)
+        out = _add_contiguous(y, skip.permute(0, 2, 3, 1).unflatten(1, (h, 2)).unflatten(3, (w, 2)))
         return out.view(-1, 2 * h, 2 * w, c_out)
 
     def select(
@@ -144,6 +143,15 @@ class MaskDecoder(nn.Module):
         return masks[rows, index][:, None], iou[rows, index][:, None], index[:, None]
 
 
+def _add_contiguous(a: Tensor, b: Tensor) -> Tensor:
+    """``a + b`` (broadcast) written straight into contiguous memory of the result's shape;
+    where a gradient is recorded, the sum then a copy (``out=`` has no backward)."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return (a + b).contiguous()
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    return torch.add(a, b, out=torch.empty(shape, dtype=a.dtype, device=a.device))
+
+
 def _tokens_view(x: Tensor) -> Tensor:
     """``[B, C, H, W]`` -> ``[B, HW, C]`` (a view)."""
     return x.flatten(2).transpose(1, 2)
@@ -154,3 +162,26 @@ def _gelu_(x: Tensor, act: nn.GELU) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return act(x)
     return torch.ops.aten.gelu_(x, approximate=act.approximate)
+
+
+def _conv1x1_channels_last(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` of a 1x1 conv, channels-last in memory: for inference on large maps one GEMM
+    per image of the pixels (the transposed ``[C, HW]`` map, no copy) against the weight,
+    which writes channels-last directly and runs faster than the conv; else the conv, then a
+    copy."""
+    b, c, h, w = x.shape
+    weight, bias = conv.weight, conv.bias
+    plain = (
+        (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        or torch.is_autocast_enabled(x.device.type)
+        or x.dtype != weight.dtype
+        or bias is None
+        or x.numel() * weight.shape[0] < 1 << 24  # small maps: the conv's lower overhead wins
+    )
+    if plain:
+        return conv(x).contiguous(memory_format=torch.channels_last)
+    pixels = x.reshape(b, c, h * w)
+    out = torch.empty(b, h * w, weight.shape[0], dtype=x.dtype, device=x.device)
+    for i in range(b):
+        torch.addmm(bias, pixels[i].t(), weight.view(weight.shape[0], c).t(), out=out[i])
+    return out.view(b, h, w, -1).permute(0, 3, 1, 2)

@@ -82,7 +82,21 @@ class PromptEncoder(nn.Module):
         return 4 * self.embedding_size
 
     def dense_pe(self) -> Tensor:
-        """The image positional encoding ``[1, C, S, S]`` (S = embedding grid)."""
+        """The image positional encoding ``[1, C, S, S]`` (S = embedding grid); read only.
+
+        Where no gradient is recorded the encoding is kept and reused while the Gaussian
+        matrix is unchanged (the same tensor at the same version; ``.to()`` and
+        ``load_state_dict`` change one or the other), since it is a function of that alone."""
+        g = self.pe_layer.positional_encoding_gaussian_matrix
+        if torch.is_grad_enabled():
+            return self._dense_pe()
+        key = (g._version, torch.is_inference_mode_enabled())
+        cached = getattr(self, "_pe_cache", None)
+        if cached is None or cached[0] is not g or cached[1] != key:
+            self._pe_cache = (g, key, self._dense_pe())
+        return self._pe_cache[2]
+
+    def _dense_pe(self) -> Tensor:
         return self.pe_layer.dense(self.embedding_size, self.embedding_size).unsqueeze(0)
 
     def embed_points(self, coords: Tensor, labels: Tensor) -> Tensor:
