@@ -6,8 +6,9 @@ side's own ``no_mem_embed`` / ``conv_s0`` / ``conv_s1``, untimed), one timed pas
 points plus the padding point, the prompt encoder, the mask decoder and the single-mask
 selection (stability of token 0, else the best-IoU multimask token). Ours is
 ``InteractiveHeads.forward``; Meta's is the prompt-encoder and mask-decoder calls of
-``SAM3InteractiveImagePredictor._predict``, on modules built with the tracker's settings.
-Weights on both sides come from ``tests/reference/seeded_init.py`` (the keys are checked equal).
+``SAM3InteractiveImagePredictor._predict``, on modules built with the tracker's settings
+(``benchmarks/seeded_models.py``). Weights on both sides come from
+``tests/reference/seeded_init.py`` (the keys are checked equal).
 
 Separately, the post-processing of one low-resolution mask for a 720x1280 photo: hole filling
 (background components of at most 256 cells, 8-connected) and bilinear upsampling, then
@@ -17,8 +18,8 @@ of 1 to 900 cells. Ours is ``sam3.instance.to_instance_masks``; Meta's is
 hole filling needs scikit-image: without it Meta skips the filling (with a warning), and the
 report says so.
 
-Timing as in ``heads_vs_reference.py``, whose workers and ABBA rounds this reuses; each
-request runs ``--passes`` timed passes and answers their median. The per-image features
+Timing as in ``heads_vs_reference.py`` (workers and ABBA rounds of ``benchmarks/timing.py``);
+each request runs ``--passes`` timed passes and answers their median. The per-image features
 (``no_mem_embed``, ``conv_s0``/``conv_s1``) are timed too, as a third row.
 
     python tests/reference/prepare_oracle.py                      # once: Meta's package
@@ -36,85 +37,56 @@ import os
 import statistics
 import sys
 import tempfile
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+for _path in (HERE, HERE.parent / "tests" / "reference"):  # helpers; seeded_init, meta_oracle
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
 
-import heads_vs_reference as hvr  # noqa: E402
+import seeded_models as models  # noqa: E402
+from agreement import mask_iou_pairs, max_diffs  # noqa: E402
+from timing import (  # noqa: E402
+    StageClock,
+    Worker,
+    check_keys,
+    print_stages,
+    serve,
+    timed,
+    timed_rounds,
+)
 
-from seeded_init import seeded_input, seeded_state  # noqa: E402  (on sys.path via hvr)
-
-SEED, INPUT_SEED = 0, 1
 BOX = (0.30, 0.25, 0.70, 0.80)  # xyxy, as fractions of the input square
 MAX_HOLE_AREA = 256.0  # SAM3's image predictor default
 HEAD_OUTPUTS = ("low_res_masks", "iou")
-FULL = dict(embed_dim=256, num_heads=8, depth=2, mlp_dim=2048, mask_in_chans=16)
-SMALL = dict(embed_dim=64, num_heads=4, depth=2, mlp_dim=256, mask_in_chans=16)
-SIZES = {  # input side, heads, the photo the post-processing upsamples to (h, w)
-    "full": dict(resolution=1008, heads=dict(FULL, iou_head_hidden=256), photo=(720, 1280)),
-    "small": dict(resolution=336, heads=dict(SMALL, iou_head_hidden=64), photo=(180, 320)),
-}
 STAGES = {  # stage -> module path, the same in our InteractiveHeads and in Meta's modules
     "prompt_encoder": "sam_prompt_encoder",
     "transformer": "sam_mask_decoder.transformer",
     "decoder_rest": "sam_mask_decoder",  # the whole decoder, less the transformer once timed
 }
-
-
-# ---------------------------------------------------------------- pure helpers (tested)
-
-
-def mask_like_logits(side: int) -> Tensor:
-    """``[1, 1, side, side]`` logits of a mask-like map: an ellipse (positive inside, up to
-    +8) with square background holes of sides ``side / 288`` times 1, 2, 4, 8, 12, 16, 20, 30
-    cells (at 288: areas 1 to 900, six of them up to 256) on a row through its middle."""
-    ys, xs = torch.meshgrid(torch.arange(side) + 0.5, torch.arange(side) + 0.5, indexing="ij")
-    r = ((xs / side - 0.5) / 0.42) ** 2 + ((ys / side - 0.5) / 0.30) ** 2
-    logits = 8.0 * (1.0 - r.sqrt())
-    scale, x = side / 288, round(0.15 * side)
-    for cells in (1, 2, 4, 8, 12, 16, 20, 30):
-        k = max(1, round(cells * scale))
-        y = side // 2 - k // 2
-        logits[y : y + k, x : x + k] = -4.0
-        x += k + max(2, round(6 * scale))
-    return logits.view(1, 1, side, side)
+MODES = {  # timed request -> its title in the report
+    "heads": "interactive heads (box -> mask)",
+    "features": "image features (per image)",
+    "post": "post-processing",
+}
 
 
 # ---------------------------------------------------------------- workers
 
 
-def _make_inputs(path: str, size: str) -> None:
-    """Seeded second-neck maps (4x, 2x, 1x the embedding grid) and the box, in one file."""
-    cfg = SIZES[size]
-    d, grid = cfg["heads"]["embed_dim"], cfg["resolution"] // 14
-    fpn = [
-        seeded_input([1, d, grid * s, grid * s], INPUT_SEED + i) for i, s in enumerate((4, 2, 1))
-    ]
-    box = torch.tensor([BOX]) * cfg["resolution"]
-    torch.save({"backbone_fpn": fpn, "box": box}, path)
-
-
-def _ours(size: str) -> tuple[nn.Module, Any, Any, Any]:
-    """(heads, features of the fpn maps, pass, post-processing) for our side."""
+def _ours(heads: Any, size: str) -> tuple[Any, Any, Any]:
+    """(features of the fpn maps, pass, post-processing) for our side."""
     from sam3.instance import to_instance_masks
-    from sam3.model.heads_config import SamHeadsConfig
-    from sam3.model.interactive import InteractiveHeads
     from sam3.preprocess import ImageGeometry
 
-    cfg = SIZES[size]
+    cfg = models.SAM_SIZES[size]
     side = cfg["resolution"]
-    heads = InteractiveHeads(SamHeadsConfig(**cfg["heads"]), side // 14, side)
     geometry = ImageGeometry(*cfg["photo"], side, side, side)
-
-    def features(fpn: list[Tensor]) -> dict[str, Tensor]:
-        return heads.image_features({"backbone_fpn": fpn})
 
     def step(feats: dict[str, Tensor], box: Tensor) -> dict[str, Tensor]:
         out = heads(feats, boxes=box, multimask_output=False)
@@ -130,56 +102,22 @@ def _ours(size: str) -> tuple[nn.Module, Any, Any, Any]:
         res = to_instance_masks(out, geometry, batched=True, max_hole_area=MAX_HOLE_AREA)
         return {"masks": res.masks, "low_res_logits": res.low_res_logits}
 
-    return heads, features, step, post
+    return lambda fpn: heads.image_features({"backbone_fpn": fpn}), step, post
 
 
-def _meta(size: str) -> tuple[nn.Module, Any, Any, Any]:
-    """The same four for Meta's modules, built with the tracker's settings (oracle only)."""
-    import meta_oracle
-
-    meta_oracle.import_meta()  # puts Meta's sam3 first on sys.path
+def _meta(heads: Any, size: str) -> tuple[Any, Any, Any]:
+    """The same three for Meta's modules (its sam3 is first on the path)."""
     from sam3.model.utils.sam1_utils import SAM2Transforms
-    from sam3.sam.mask_decoder import MaskDecoder
-    from sam3.sam.prompt_encoder import PromptEncoder
-    from sam3.sam.transformer import TwoWayTransformer
 
-    cfg = SIZES[size]
-    h, side = cfg["heads"], cfg["resolution"]
-    d, grid = h["embed_dim"], side // 14
-    heads = nn.Module()
-    heads.sam_prompt_encoder = PromptEncoder(
-        embed_dim=d,
-        image_embedding_size=(grid, grid),
-        input_image_size=(side, side),
-        mask_in_chans=h["mask_in_chans"],
-    )
-    heads.sam_mask_decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(
-            depth=h["depth"], embedding_dim=d, mlp_dim=h["mlp_dim"], num_heads=h["num_heads"]
-        ),
-        transformer_dim=d,
-        iou_head_depth=3,
-        iou_head_hidden_dim=h["iou_head_hidden"],
-        use_high_res_features=True,
-        iou_prediction_use_sigmoid=True,
-        pred_obj_scores=True,
-        pred_obj_scores_mlp=True,
-        use_multimask_token_for_obj_ptr=True,
-        dynamic_multimask_via_stability=True,
-        dynamic_multimask_stability_delta=0.05,
-        dynamic_multimask_stability_thresh=0.98,
-    )
-    heads.no_mem_embed = nn.Parameter(torch.zeros(1, 1, d))
+    cfg = models.SAM_SIZES[size]
+    side = cfg["resolution"]
     transforms = SAM2Transforms(side, 0.0, max_hole_area=MAX_HOLE_AREA, max_sprinkle_area=0.0)
     prompt_encoder, decoder = heads.sam_prompt_encoder, heads.sam_mask_decoder
 
     def features(fpn: list[Tensor]) -> dict[str, Any]:
         embed = fpn[2] + heads.no_mem_embed.view(1, -1, 1, 1)
-        return {
-            "image_embed": embed,
-            "high_res": [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])],
-        }
+        high_res = [decoder.conv_s0(fpn[0]), decoder.conv_s1(fpn[1])]
+        return {"image_embed": embed, "high_res": high_res}
 
     def step(feats: dict[str, Any], box: Tensor) -> dict[str, Tensor]:
         coords = box.reshape(-1, 2, 2)
@@ -200,7 +138,7 @@ def _meta(size: str) -> tuple[nn.Module, Any, Any, Any]:
         masks = transforms.postprocess_masks(low, cfg["photo"]) > 0.0
         return {"masks": masks, "low_res_logits": torch.clamp(low, -32.0, 32.0)}
 
-    return heads, features, step, post
+    return features, step, post
 
 
 def _flat(feats: dict[str, Any]) -> dict[str, Tensor]:
@@ -209,111 +147,83 @@ def _flat(feats: dict[str, Any]) -> dict[str, Tensor]:
     return {"image_embed": feats["image_embed"], "high_res.0": s0, "high_res.1": s1}
 
 
-def _timed(fn: Any, passes: int, clock: hvr.StageClock) -> tuple[Any, float, float, dict]:
-    """``passes`` timed calls of ``fn`` -> the last output, the median seconds, the cores kept
-    busy and the median stage times."""
-    times, stages, wall, cpu = [], [], 0.0, 0.0
-    with torch.inference_mode():
-        for _ in range(passes):
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = fn()
-            seconds = time.perf_counter() - t0
-            cpu, wall = cpu + time.process_time() - c0, wall + seconds
-            times.append(seconds)
-            parts = clock.take(seconds)  # the decoder includes the transformer: once less
-            parts["decoder_rest"] -= parts["transformer"]
-            parts["other"] += parts["transformer"]
-            stages.append(parts)
-    parts = {s: statistics.median(r[s] for r in stages) for s in stages[0]}
-    return out, statistics.median(times), cpu / wall, parts
-
-
 def worker(role: str, size: str, threads: int, inputs_path: str, passes: int) -> None:
-    """Serve requests: ``run heads|features|post`` -> ``ok <median s> <cores busy> <stages
-    json>`` over ``passes`` timed passes; ``save MODE PATH`` writes the last outputs;
-    ``describe PATH`` the state dict's shapes and whether hole filling runs."""
-    import warnings
-
+    """Serve requests: ``run heads|features|post`` over ``passes`` timed passes (their median
+    seconds, cores busy and, for heads, median stage times), their outputs, and ``describe
+    PATH``: whether hole filling runs."""
     torch.set_num_threads(threads)
     if role == "ours":
-        _make_inputs(inputs_path, size)
-    heads, features, step, post = (_ours if role == "ours" else _meta)(size)
-    heads.eval()
-    seeded_state(heads, SEED)
+        models.write_interactive_inputs(inputs_path, size, BOX)
+    heads = models.interactive_heads(role, size)
+    features, step, post = (_ours if role == "ours" else _meta)(heads, size)
     inputs = torch.load(inputs_path, weights_only=True)
     fpn, box = inputs["backbone_fpn"], inputs["box"]
     with torch.inference_mode():
         feats = features(fpn)
-    low = mask_like_logits(4 * (SIZES[size]["resolution"] // 14))
-    run = {
+    low = models.mask_like_logits(4 * (models.SAM_SIZES[size]["resolution"] // 14))
+    calls = {
         "heads": lambda: step(feats, box),
         "features": lambda: _flat(features(fpn)),
         "post": lambda: post(low),
     }
-    clock, last = hvr.StageClock(heads, STAGES), {}
+    clock, last = StageClock(heads, STAGES), {}
     warnings.simplefilter("ignore")  # Meta's "skipping the post-processing" without skimage
-    print("ready", flush=True)
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "run":
-            out, seconds, cores, parts = _timed(run[args[0]], passes, clock)
-            last[args[0]] = {k: v.float().clone() for k, v in out.items()}
-            parts = parts if args[0] == "heads" else {}
-            print(f"ok {seconds:.6f} {cores:.3f} {json.dumps(parts)}", flush=True)
-        elif cmd == "save":
-            torch.save(last[args[0]], args[1])
-            print("ok 0 0 {}", flush=True)
-        elif cmd == "describe":
-            keys = {k: list(v.shape) for k, v in heads.state_dict().items()}
-            fills = role == "ours" or importlib.util.find_spec("skimage") is not None
-            Path(args[0]).write_text(json.dumps({"keys": keys, "hole_filling": fills}))
-            print("ok 0 0 {}", flush=True)
-        elif cmd == "quit":
-            return
+
+    def run(mode: str) -> tuple[float, float, dict[str, float]]:
+        times, stages, wall, cpu = [], [], 0.0, 0.0
+        with torch.inference_mode():
+            for _ in range(passes):
+                out, seconds, cores = timed(calls[mode])
+                cpu, wall = cpu + cores * seconds, wall + seconds
+                times.append(seconds)
+                parts = clock.take(seconds)  # the decoder includes the transformer: once less
+                parts["decoder_rest"] -= parts["transformer"]
+                parts["other"] += parts["transformer"]
+                stages.append(parts)
+        last[mode] = {k: v.float().clone() for k, v in out.items()}
+        parts = {s: statistics.median(r[s] for r in stages) for s in stages[0]}
+        return statistics.median(times), cpu / wall, parts if mode == "heads" else {}
+
+    def describe(path: str) -> tuple[float, float, dict]:
+        fills = role == "ours" or importlib.util.find_spec("skimage") is not None
+        Path(path).write_text(json.dumps({"hole_filling": fills}))
+        return 0.0, 0.0, {}
+
+    serve(run, last, heads, describe=describe)
 
 
 # ---------------------------------------------------------------- parent
-
-MODES = {  # timed request -> its title in the report
-    "heads": "interactive heads (box -> mask)",
-    "features": "image features (per image)",
-    "post": "post-processing",
-}
 
 
 def run_interactive(
     size: str, threads: int, rounds: int, passes: int, warmup: int, folder: str
 ) -> dict[str, Any]:
     """Both workers, rounds of each timed request; times, ratios and output agreement."""
-    cfg = SIZES[size]
-    grid = cfg["resolution"] // 14
+    cfg = models.SAM_SIZES[size]
     print(
-        f"\n== interactive heads, one box, single mask: {size}, {grid}² embedding, "
-        f"{cfg['heads']['embed_dim']} wide; {rounds} rounds x {passes} passes"
+        f"\n== interactive heads, one box, single mask: {size}, {cfg['resolution'] // 14}² "
+        f"embedding, {cfg['heads']['embed_dim']} wide; {rounds} rounds x {passes} passes"
     )
     inputs = f"{folder}/interactive_inputs.pt"
-    extra = ["--passes", str(passes)]
+    extra = ("--size", size, "--threads", str(threads), "--inputs", inputs)
     script = Path(__file__).resolve()
-    ours = hvr.Worker("ours", size, threads, inputs, script=script, extra=extra)
-    meta = hvr.Worker("meta", size, threads, inputs, script=script, extra=extra)
-    pair, res = [ours, meta], {}
+    pair = [Worker(script, role, *extra, "--passes", str(passes)) for role in ("ours", "meta")]
+    res: dict[str, Any] = {}
     try:
+        check_keys(pair, folder)
         for w in pair:
             w.ask("describe", f"{folder}/{w.name}.describe.json")
         info = [json.loads(Path(f"{folder}/{w.name}.describe.json").read_text()) for w in pair]
-        keys = [i["keys"] for i in info]
-        if keys[0] != keys[1]:
-            raise SystemExit(f"the heads' keys differ: {sorted(set(keys[0]) ^ set(keys[1]))[:5]}")
         for mode in MODES:
-            res[mode] = hvr.timed_rounds(pair, mode, rounds, warmup, threads)
+            res[mode] = timed_rounds(pair, mode, rounds, warmup, threads)
             outs = [w.outputs(mode, folder) for w in pair]
-            res[mode]["ours_vs_meta"] = hvr.max_diffs(outs[0], outs[1], tuple(sorted(outs[1])))
+            res[mode]["ours_vs_meta"] = max_diffs(outs[0], outs[1], tuple(sorted(outs[1])))
             if mode == "post":
                 masks = [o["masks"].flatten(0, 1) for o in outs]
-                res[mode]["mask_iou"] = float(hvr.mask_iou_pairs(*masks).min())
+                res[mode]["mask_iou"] = float(mask_iou_pairs(*masks).min())
     finally:
-        ours.close()
-        meta.close()
+        for w in pair:
+            w.close()
     res["meta_hole_filling"] = info[1]["hole_filling"]
     report(res, cfg)
     return res
@@ -344,13 +254,15 @@ def report(res: dict[str, Any], cfg: dict[str, Any]) -> None:
     fills = "with" if res["meta_hole_filling"] else "WITHOUT (no scikit-image in its environment)"
     print(f"  post-processing to {h}x{w}: Meta's ran {fills} hole filling, ours with it")
     print(f"  post-processing masks IoU ours vs Meta {res['post']['mask_iou']:.6f}")
-    hvr.print_stages("interactive heads stages (median)", res["heads"]["stages"])
+    print_stages("interactive heads stages (median)", res["heads"]["stages"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Parse arguments and run the parent or a worker."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full or reduced")
+    parser.add_argument(
+        "--size", choices=sorted(models.SAM_SIZES), default="full", help="full or reduced"
+    )
     parser.add_argument("--rounds", type=int, default=6, help="alternating timed requests")
     parser.add_argument("--passes", type=int, default=10, help="timed passes per request")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests per worker")

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1.embedding_store import (  # noqa: E402
+from stage1.store import (  # noqa: E402
     EmbeddingStore,
     StoreSpec,
     StoreWriter,

@@ -7,7 +7,8 @@ them in turn for one timed forward pass, so the runs alternate (ABBA order) and 
 prints every time, the medians and their ratio ours / Meta's, the median of the per-round ratios
 (each round times both back to back, so slow drifts of the machine cancel), the largest
 difference between the two outputs, and then a bf16-autocast run of ours: its median time, the
-speed-up over fp32, and its cosine similarity to the fp32 output.
+speed-up over fp32, and its cosine similarity to the fp32 output. Workers and rounds:
+``benchmarks/timing.py``; the trunks: ``benchmarks/seeded_models.py``.
 
     python tests/reference/prepare_oracle.py     # once: installs Meta's package for the oracle
     python benchmarks/teacher_vs_reference.py    # full size (1008², 32 blocks): ~10 min, 2 cores
@@ -19,18 +20,22 @@ speed-up over fp32, and its cosine similarity to the fp32 output.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "tests" / "reference"
+HERE = Path(__file__).resolve().parent
+for _path in (HERE, HERE.parent / "tests" / "reference"):  # helpers; seeded_init, meta_oracle
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
+
+import seeded_models as models  # noqa: E402
+from timing import Worker, serve, timed, timed_rounds  # noqa: E402
+
+from seeded_init import seeded_input  # noqa: E402
 
 # Trunk geometries (Meta's argument names); "full" is SAM3's.
 SIZES = {
@@ -57,7 +62,6 @@ SIZES = {
         pretrain_img_size=168,
     ),
 }
-SEED, INPUT_SEED = 0, 1
 
 
 def flat_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -67,106 +71,31 @@ def flat_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return max(-1.0, min(1.0, float(a @ b / (a.norm() * b.norm()))))
 
 
-def _build_trunk(impl: str, geometry: dict) -> torch.nn.Module:
-    """Build our trunk or Meta's (inside a worker, whose sys.path is set for that side)."""
-    if impl == "ours":
-        from sam3.model.vit import ViT, ViTConfig
-
-        keys = {k: v for k, v in geometry.items() if k != "global_att_blocks"}
-        return ViT(ViTConfig(**keys, global_blocks=tuple(geometry["global_att_blocks"])))
-    import meta_oracle  # from tests/reference, with Meta's package first on the path
-
-    return meta_oracle.build_meta_trunk(meta_oracle.import_meta(), geometry)
-
-
 def worker(impl: str, size: str, threads: int, plain: bool) -> None:
-    """Serve timed forward passes: read a command per line, answer ``ok <seconds>``."""
+    """Serve timed forward passes: ``run fp32|bf16``; ``save MODE PATH`` writes the last
+    output of that mode."""
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(REFERENCE))
-    from seeded_init import seeded_input, seeded_state
-
     geometry = SIZES[size]
-    trunk = _build_trunk(impl, geometry).eval()
-    seeded_state(trunk, SEED)
+    trunk = models.vision_trunk(impl, geometry)
     if impl == "ours" and not plain:
         trunk.pack_for_cpu()
-    x = seeded_input([1, 3, geometry["img_size"], geometry["img_size"]], INPUT_SEED)
+    x = seeded_input([1, 3, geometry["img_size"], geometry["img_size"]], models.INPUT_SEED)
     last: dict[str, torch.Tensor] = {}
-    print("ready", flush=True)
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "run":
-            mode = args[0]
-            with (
-                torch.inference_mode(),
-                torch.autocast("cpu", torch.bfloat16, enabled=mode == "bf16"),
-            ):
-                t0 = time.perf_counter()
-                out = trunk(x)[-1]
-                seconds = time.perf_counter() - t0
-            last[mode] = out.float()
-            print(f"ok {seconds:.4f}", flush=True)
-        elif cmd == "save":
-            torch.save(last[args[0]], args[1])
-            print("ok 0", flush=True)
-        elif cmd == "quit":
-            return
+
+    def run(mode: str) -> tuple[float, float, dict]:
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "bf16"):
+            out, seconds, cores = timed(lambda: trunk(x)[-1])
+        last[mode] = out.float()
+        return seconds, cores, {}
+
+    serve(run, last, trunk)
 
 
-class Worker:
-    """A worker process seen from the parent."""
-
-    def __init__(self, impl: str, size: str, threads: int, plain: bool = False):
-        env = dict(os.environ)
-        if impl == "meta":
-            sys.path.insert(0, str(REFERENCE))
-            from prepare_oracle import is_ready, oracle_site
-
-            if not is_ready():
-                raise SystemExit(
-                    "Meta's package is missing: run python tests/reference/prepare_oracle.py"
-                )
-            env["PYTHONPATH"] = os.pathsep.join([str(oracle_site()), str(REFERENCE)])
-        else:
-            env["PYTHONPATH"] = str(ROOT)
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            impl,
-            "--size",
-            size,
-            "--threads",
-            str(threads),
-        ] + (["--plain"] if plain else [])
-        self.name = impl
-        self.proc = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=tempfile.gettempdir(),
-            text=True,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self._expect("ready")
-
-    def _expect(self, word: str) -> str:
-        line = self.proc.stdout.readline()
-        if not line.startswith(word):
-            raise RuntimeError(f"{self.name} worker failed (exit {self.proc.poll()}): {line!r}")
-        return line
-
-    def ask(self, *words: str) -> float:
-        """Send one command; return the seconds it reports."""
-        self.proc.stdin.write(" ".join(words) + "\n")
-        self.proc.stdin.flush()
-        return float(self._expect("ok").split()[1])
-
-    def close(self) -> None:
-        """Stop the worker."""
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.close()
-        self.proc.wait()
+def _load(worker: Worker, mode: str) -> torch.Tensor:
+    """The last ``mode`` output of ``worker``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        worker.ask("save", mode, f"{tmp}/out.pt")
+        return torch.load(f"{tmp}/out.pt", weights_only=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,29 +131,19 @@ def main(argv: list[str] | None = None) -> None:
         f"trunk '{args.size}', {args.repeats} alternating runs each, {args.threads} threads, "
         f"torch {torch.__version__}; ours {'plain' if args.plain else 'with packed weights'}"
     )
-    ours = Worker("ours", args.size, args.threads, args.plain)
-    meta = Worker("meta", args.size, args.threads)
-    for _ in range(args.warmup):
-        for w in (ours, meta):
-            print(f"  warm-up: {w.name:4s} fp32 {w.ask('run', 'fp32'):8.2f} s", flush=True)
-    times: dict[str, list[float]] = {"ours": [], "meta": []}
-    for i in range(args.repeats):
-        for w in (ours, meta) if i % 2 == 0 else (meta, ours):
-            times[w.name].append(w.ask("run", "fp32"))
-            print(f"  run {i + 1}: {w.name:4s} fp32 {times[w.name][-1]:8.2f} s", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        ours.ask("save", "fp32", f"{tmp}/ours.pt")
-        meta.ask("save", "fp32", f"{tmp}/meta.pt")
-        a = torch.load(f"{tmp}/ours.pt", weights_only=True)
-        b = torch.load(f"{tmp}/meta.pt", weights_only=True)
+    common = ("--size", args.size, "--threads", str(args.threads))
+    script = Path(__file__).resolve()
+    ours = Worker(script, "ours", *common, *(["--plain"] if args.plain else []))
+    meta = Worker(script, "meta", *common)
+    res = timed_rounds([ours, meta], "fp32", args.repeats, args.warmup, args.threads)
+    a, b = _load(ours, "fp32"), _load(meta, "fp32")
     meta.close()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = res["median"]
     rel = ((a - b).norm() / b.norm()).item()
-    paired = statistics.median(o / m for o, m in zip(times["ours"], times["meta"]))
     print(
         f"fp32 median: ours {med['ours']:.2f} s, Meta {med['meta']:.2f} s, "
-        f"ratio ours/Meta = {med['ours'] / med['meta']:.3f} "
-        f"(median of per-round ratios {paired:.3f})"
+        f"ratio ours/Meta = {res['ratio']:.3f} "
+        f"(median of per-round ratios {res['paired_ratio']:.3f})"
     )
     print(f"outputs: max |diff| = {(a - b).abs().max().item():.3e}, relative L2 = {rel:.3e}")
 
@@ -232,12 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     if bf16_repeats > 0:
         bf16 = []
         for i in range(bf16_repeats):
-            bf16.append(ours.ask("run", "bf16"))
+            bf16.append(ours.ask("run", "bf16")[0])
             print(f"  run {i + 1}: ours bf16 {bf16[-1]:8.2f} s", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            ours.ask("save", "bf16", f"{tmp}/bf16.pt")
-            c = torch.load(f"{tmp}/bf16.pt", weights_only=True)
-        cos = flat_cosine(c, a)
+        cos = flat_cosine(_load(ours, "bf16"), a)
         m = statistics.median(bf16)
         print(
             f"bf16 autocast median: {m:.2f} s, speed-up vs fp32 = {med['ours'] / m:.3f}x, "

@@ -24,22 +24,26 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from sam3.backbones import build_student  # noqa: E402
+from stage1.common.config import load_config  # noqa: E402
+from stage1.common.students import build_configured_student  # noqa: E402
 from stage1.data.distill import ImageDistillDataset  # noqa: E402
 from stage1.data.sa1b import list_sa1b  # noqa: E402
-from stage1.data.transforms import ImageTransform, preprocessing_record  # noqa: E402
-from stage1.embedding_store import (  # noqa: E402
+from stage1.data.transforms import ImageTransform, image_transform, preprocessing_record  # noqa: E402
+from stage1.store import (  # noqa: E402
     EmbeddingStore,
     StoreSpec,
     StoreWriter,
     create_store,
 )
-from stage1.losses import distill_loss  # noqa: E402
+from stage1.train.losses import distill_loss  # noqa: E402
 
 
-def make_data(root: Path, n: int, transform: ImageTransform) -> tuple[Path, Path]:
+def make_data(
+    root: Path, n: int, transform: ImageTransform, shape: tuple[int, ...]
+) -> tuple[Path, Path]:
     """``n`` random JPEGs (SA-1B-like 4:3 sizes) and a store of random teacher records."""
     rng = np.random.default_rng(0)
     images = root / "sa1b" / "images" / "train"
@@ -52,11 +56,11 @@ def make_data(root: Path, n: int, transform: ImageTransform) -> tuple[Path, Path
         )
         keys.append(f"sa_{i:05d}")
     store = root / "store"
-    spec = StoreSpec((1024, 72, 72), meta={"preprocessing": preprocessing_record(transform)})
+    spec = StoreSpec(shape, meta={"preprocessing": preprocessing_record(transform)})
     create_store(store, spec, 1)
     with StoreWriter(store, 0) as writer:
         for key in keys:
-            writer.write([key], rng.standard_normal((1, 1024, 72, 72), dtype=np.float32))
+            writer.write([key], rng.standard_normal((1, *shape), dtype=np.float32))
     return root / "sa1b", store
 
 
@@ -69,10 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
     args = p.parse_args(argv)
 
-    transform = ImageTransform(1008)
+    cfg = load_config(ROOT / "stage1" / "configs" / "es_ev_s.yaml")  # the student and geometry
+    transform = image_transform(cfg)
+    shape = (cfg.DISTILL.EMBED_DIM, cfg.DISTILL.EMBED_SIZE, cfg.DISTILL.EMBED_SIZE)
     with tempfile.TemporaryDirectory() as tmp:
         n = args.steps * args.batch_size
-        data, store_dir = make_data(Path(tmp), n, transform)
+        data, store_dir = make_data(Path(tmp), n, transform, shape)
         store = EmbeddingStore(store_dir)
         ds = ImageDistillDataset(list_sa1b(data, ("train",)), store, transform)
         loader = DataLoader(
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             persistent_workers=args.workers > 0,
         )
         torch.manual_seed(0)
-        model = build_student("efficientvit_b0")
+        model = build_configured_student(cfg, "image")
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step(batch: dict) -> None:

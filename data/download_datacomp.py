@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 import os
 import sys
@@ -22,7 +21,12 @@ from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
-from tqdm import tqdm
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tqdm import tqdm  # noqa: E402
+
+from sam3.files import write_json_atomic  # noqa: E402
 
 DEFAULT_REPO = "UCSC-VLAA/Recap-DataComp-1B"
 FILE_PATTERN = "*train*.parquet"  # matched against the file name, not the folders
@@ -103,12 +107,6 @@ def list_remote_files(repo_id: str, revision: str | None, output: Path) -> list[
         ) from exc
 
 
-def _write_record(output: Path, record: dict) -> None:
-    tmp = output / f".{RECORD_NAME}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, output / RECORD_NAME)
-
-
 def download(
     repo_id: str, fraction: Fraction, output: Path, revision: str | None = None
 ) -> dict[str, int]:
@@ -148,8 +146,8 @@ def download(
                 f"{path} is not a complete parquet file after download; delete it and run again"
             )
         counts["downloaded"] += 1
-    _write_record(
-        output,
+    write_json_atomic(
+        output / RECORD_NAME,
         {
             "repo_id": repo_id,
             "revision": revision,

@@ -34,33 +34,27 @@ import filecmp
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from tqdm import tqdm
+if __package__ in (None, ""):  # run as a script: make the repository and this folder importable
+    for folder in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+
+from _sa1b_tars import Extracted, extract_tar, find_tars, read_tar_list  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from sam3.files import write_json_atomic  # noqa: E402
+
+__all__ = ["ReorgReport", "main", "read_tar_list", "reorganize", "split_of"]
 
 SPLITS = ("train", "val")
-SUFFIXES = (".jpg", ".json")
-SCRATCH = ".reorg_tmp"
-STATE = ".reorg_state"
-REPORT = "reorg_report.json"
-_HAS_DATA_FILTER = hasattr(tarfile, "data_filter")  # Python 3.12, 3.11.4+, 3.10.12+
-
-
-@dataclass
-class Extracted:
-    """What one tar yielded: stem -> {suffix: scratch path}, plus refused members."""
-
-    tar: Path
-    scratch: Path
-    files: dict[str, dict[str, Path]] = field(default_factory=dict)
-    refused: list[str] = field(default_factory=list)  # unsafe members (traversal, links, ...)
-    ignored: list[str] = field(default_factory=list)  # members that are not .jpg/.json files
-    error: str | None = None
+SCRATCH = ".reorg_tmp"  # OUTPUT/<this>/<tar name>/: the extraction's scratch folders
+STATE = ".reorg_state"  # OUTPUT/<this>/<tar name>.json: the markers of fully placed tars
+REPORT = "reorg_report.json"  # OUTPUT/<this>: the run's report
 
 
 @dataclass
@@ -85,87 +79,11 @@ class ReorgReport:
         return bool(self.conflicts or self.refused_members or self.failed_tars)
 
 
-def read_tar_list(path: str | Path) -> list[str]:
-    """The tar names of a ``file_name<TAB>cdn_link`` list such as ``data/sa-1b-1p.txt``.
-
-    Blank lines, ``#`` comments and the ``file_name`` header are skipped; links are ignored.
-    """
-    names: list[str] = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        name = text.split("\t")[0].split()[0]
-        if name == "file_name":
-            continue
-        if not name.endswith(".tar") or "/" in name:
-            raise ValueError(f"{path}:{number}: expected a tar file name, got {name!r}")
-        names.append(name)
-    if not names:
-        raise ValueError(f"{path} lists no tar file")
-    return names
-
-
 def split_of(stem: str, seed: int, val_fraction: float) -> str:
     """``"val"`` or ``"train"`` for ``stem``: ``sha256("<seed>:<stem>")[:8] / 2**64`` below
     ``val_fraction`` means val. Stable across runs, machines and extraction orders."""
     digest = hashlib.sha256(f"{seed}:{stem}".encode()).digest()
     return "val" if int.from_bytes(digest[:8], "big") < val_fraction * 2**64 else "train"
-
-
-def _refusal(member: tarfile.TarInfo, scratch: Path) -> str | None:
-    """Why ``member`` may not be extracted, or None when it is a safe regular file."""
-    if _HAS_DATA_FILTER:
-        try:
-            tarfile.data_filter(member, str(scratch))
-        except tarfile.FilterError as exc:
-            return f"{type(exc).__name__}: {exc}"
-    else:
-        parts = PurePosixPath(member.name).parts
-        if member.name.startswith("/") or ".." in parts:
-            return "path outside the extraction folder"
-    if not member.isfile():
-        return "not a regular file (links, devices and fifos are not extracted)"
-    return None
-
-
-def extract_tar(tar_path: Path, scratch: Path) -> Extracted:
-    """Extract the safe ``.jpg``/``.json`` members of ``tar_path`` into ``scratch`` (by base
-    name). The scratch folder is this script's own and is emptied first."""
-    result = Extracted(tar=tar_path, scratch=scratch)
-    if scratch.exists():
-        shutil.rmtree(scratch)  # only ever holds copies re-creatable from the tar
-    scratch.mkdir(parents=True)
-    try:
-        with tarfile.open(tar_path, mode="r:*") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                label = f"{tar_path.name}:{member.name}"
-                base = PurePosixPath(member.name).name
-                stem, suffix = os.path.splitext(base)
-                if suffix.lower() not in SUFFIXES:
-                    result.ignored.append(label)
-                    continue
-                reason = _refusal(member, scratch)
-                if reason is not None:
-                    result.refused.append(f"{label} ({reason})")
-                    continue
-                suffix = suffix.lower()
-                if suffix in result.files.get(stem, {}):
-                    result.refused.append(f"{label} (second member named {base})")
-                    continue
-                dest = scratch / f"{stem}{suffix}"
-                source = tar.extractfile(member)
-                if source is None:
-                    result.refused.append(f"{label} (no data)")
-                    continue
-                with source, dest.open("wb") as out:
-                    shutil.copyfileobj(source, out, length=1 << 20)
-                result.files.setdefault(stem, {})[suffix] = dest
-    except (tarfile.TarError, OSError) as exc:
-        result.error = f"{tar_path}: {type(exc).__name__}: {exc}"
-    return result
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -237,13 +155,6 @@ def _tar_signature(tar_path: Path, seed: int, val_fraction: float) -> dict:
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _done_earlier(tar_path: Path, output: Path, seed: int, val_fraction: float) -> list | None:
     """The marker's pairs if ``tar_path`` was fully placed by an earlier run with the same
     settings and all its files still exist; otherwise None."""
@@ -296,7 +207,8 @@ def reorganize(
             in_place = place_pairs(extracted, output, seed, val_fraction, report)
             complete = len(in_place) == len(extracted.files)
             if extracted.error is None and not extracted.refused and complete:
-                _write_json(
+                (output / STATE).mkdir(exist_ok=True)
+                write_json_atomic(
                     output / STATE / f"{extracted.tar.name}.json",
                     {
                         "signature": _tar_signature(extracted.tar, seed, val_fraction),
@@ -306,26 +218,6 @@ def reorganize(
             _cleanup(extracted.scratch)
     _cleanup(scratch_root)
     return report
-
-
-def find_tars(tars_dir: Path, tar_list: Path | None) -> list[Path]:
-    """The tars to process: those named by ``tar_list`` (all must exist) or every ``*.tar``."""
-    if not tars_dir.is_dir():
-        raise FileNotFoundError(f"--tars-dir {tars_dir} is not a folder")
-    if tar_list is not None:
-        names = read_tar_list(tar_list)
-        missing = [n for n in names if not (tars_dir / n).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} tar file(s) listed in {tar_list} are not in {tars_dir}: "
-                f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; download them "
-                "from the SA-1B page (https://ai.meta.com/datasets/segment-anything-downloads/)"
-            )
-        return [tars_dir / n for n in sorted(set(names))]
-    tars = sorted(p for p in tars_dir.glob("*.tar") if p.is_file())
-    if not tars:
-        raise FileNotFoundError(f"no *.tar file in {tars_dir}")
-    return tars
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report = reorganize(tars, args.output, args.val_fraction, args.seed, args.workers)
-    _write_json(args.output / REPORT, asdict(report))
+    write_json_atomic(args.output / REPORT, asdict(report))
     print(_summary(report, args.output))
     return 1 if report.needs_attention() else 0
 

@@ -19,6 +19,7 @@ from .checkpoint import CheckpointError
 from .model.heads_config import HeadsConfig, SamHeadsConfig
 from .model.text_encoder import TextConfig
 from .model.vit import ViTConfig
+from .schema import TRACKER
 
 TRUNK = "backbone.vision_backbone.trunk."  # the teacher trunk's keys (under ``detector.``)
 NECK = "backbone.vision_backbone."  # the neck's keys
@@ -29,7 +30,6 @@ HEAD_ROOTS = (  # where each detector head lives (under ``detector.``)
     "dot_prod_scoring.",
     "segmentation_head.",
 )
-TRACKER = "tracker."  # the interactive heads' keys in sam3.pt (not under ``detector.``)
 SAM_HEAD_ROOTS = (TRACKER + "sam_prompt_encoder.", TRACKER + "sam_mask_decoder.")
 SAM2_NECK = "detector." + NECK + "sam2_convs."  # the second neck the interactive heads read
 TEXT_HEAD_WIDTH = 64  # width per text attention head (SAM3: 1024 / 16)

@@ -9,18 +9,12 @@ import torch
 
 from .arch import BackboneConfig
 from .checkpoint import LoadReport, load_sam3_checkpoint, read_checkpoint
-from .merged import (
-    BACKBONE_PREFIX,
-    TEXT_PREFIX,
-    VISION_TRUNK_PREFIX,
-    check_no_foreign_keys,
-    merged_backbone,
-    merged_students,
-)
+from .merged import check_no_foreign_keys, merged_backbone, merged_students
 from .model.neck import DualViTDetNeck
 from .model.text_encoder import VETextEncoder
 from .model.vit import ViT
 from .model.vl_backbone import SAM3VLBackbone
+from .schema import BACKBONE_PREFIX
 
 
 def build_vl_backbone(
@@ -123,8 +117,7 @@ def build_efficientsam3_backbone(
     model = merged_backbone(image, text, cfg, enable_vision, enable_text, enable_sam2_neck)
     model = model.to(device)
     report = load_sam3_checkpoint(model, state, BACKBONE_PREFIX, source=str(path))
-    roots = [p for p, on in ((VISION_TRUNK_PREFIX, image), (TEXT_PREFIX, text)) if on]
-    check_no_foreign_keys(state, model, BACKBONE_PREFIX, roots, path)
+    check_no_foreign_keys(state, model, BACKBONE_PREFIX, image, text, path)
     model.load_report = report
     model.meta = meta
     return model.eval() if eval_mode else model

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from .files import UnreadableFileError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """Read a checkpoint file: ``(state dict, meta)``, ``meta`` being ``{}`` when there is none.
 
     ``.safetensors`` files are read with safetensors (``meta`` from the JSON under the
-    ``"meta"`` metadata entry); anything else with ``torch.load(weights_only=True)``,
+    ``"meta"`` metadata entry); anything else with :func:`sam3.files.load_weights_only`,
     memory-mapped when possible, as a bare state dict or one under ``"model"`` (then ``"meta"``
     beside it is returned and every other entry, e.g. optimizer state, is ignored). Raises
-    ``FileNotFoundError`` or :class:`CheckpointError` with the file name and what to do.
+    ``FileNotFoundError`` (saying where to get ``sam3.pt``) or :class:`CheckpointError` (naming
+    the file and what is wrong with it).
     """
     path = Path(path)
     if not path.is_file():
@@ -69,16 +71,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
-    except Exception as err:
-        raise CheckpointError(
-            f"{path} could not be read with torch.load(weights_only=True): {err}"
-        ) from err
+        obj = load_weights_only(path, mmap=True)
+    except UnreadableFileError as err:
+        raise CheckpointError(str(err)) from err
     meta: dict = {}
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         meta = obj.get("meta") or {}

@@ -1,9 +1,8 @@
-"""Merged EfficientSAM3 checkpoints: the students named in ``meta`` in SAM3's place.
+"""Reading merged EfficientSAM3 checkpoints: the students their ``meta`` names, and the VL
+backbone with those students in SAM3's place.
 
-A merged file is a SAM3 state dict in which a vision student's keys replace the teacher trunk's
-(under ``detector.backbone.vision_backbone.trunk.model.``) and/or a text student's replace the
-text encoder's (under ``detector.backbone.language_backbone.``); ``meta`` (written by the
-Stage-1 converters) names the students and their geometry.
+The layout (key prefixes, ``meta`` fields) is :mod:`sam3.schema`'s; this module checks a file's
+records against the student registry and refuses keys that the built students do not take.
 """
 
 from __future__ import annotations
@@ -15,34 +14,13 @@ from torch import Tensor, nn
 
 from .arch import BackboneConfig
 from .backbones import UnknownStudentError, build_student, resolve_student, student_kind
+from .backbones.trunk import StudentTrunk
 from .checkpoint import MAX_LISTED, CheckpointError
 from .model.neck import DualViTDetNeck
 from .model.text_encoder import VETextEncoder
 from .model.vit import ViT
 from .model.vl_backbone import SAM3VLBackbone
-
-BACKBONE_PREFIX = "detector.backbone."  # where the VL backbone lives in sam3.pt
-VISION_TRUNK_PREFIX = BACKBONE_PREFIX + "vision_backbone.trunk."  # the teacher trunk's keys
-VISION_STUDENT_PREFIX = VISION_TRUNK_PREFIX + "model."  # a merged vision student's keys
-TEXT_PREFIX = BACKBONE_PREFIX + "language_backbone."  # the text encoder's (teacher or student)
-MERGED_FORMAT = "efficientsam3-merged"  # meta["format"] of a merged checkpoint
-
-
-class StudentTrunk(nn.Module):
-    """A vision student in the teacher trunk's place: ``[B, 3, S, S]`` -> ``[map]``.
-
-    Holds the student as ``model`` (so its keys sit under ``trunk.model.``) and exposes the
-    trunk's interface that the neck relies on: ``channel_list`` and a list of one map.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.channel_list = [model.embed_dim]
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Images -> ``[student map [B, embed_dim, embed_size, embed_size]]``."""
-        return [self.model(images)]
+from .schema import TEXT_PREFIX, VISION_TRUNK_PREFIX
 
 
 def student_entry(meta: dict, kind: str, override: str | None, path: Path) -> dict | None:
@@ -58,10 +36,9 @@ def student_entry(meta: dict, kind: str, override: str | None, path: Path) -> di
         name = resolve_student(entry["name"])
     except UnknownStudentError as err:
         raise CheckpointError(f"{path}: {err}") from err
-    want = "vision" if kind == "image" else "text"
-    if student_kind(name) != want:
+    if student_kind(name) != kind:
         raise CheckpointError(
-            f"{path}: {entry['name']!r} is a {student_kind(name)} student, not a {want} one"
+            f"{path}: {entry['name']!r} is a {student_kind(name)} student, not a {kind} one"
         )
     entry["name"] = name
     return entry
@@ -110,10 +87,17 @@ def merged_backbone(
 
 
 def check_no_foreign_keys(
-    state: dict[str, Tensor], model: nn.Module, prefix: str, roots: list[str], path: Path
+    state: dict[str, Tensor],
+    model: nn.Module,
+    prefix: str,
+    image: dict | None,
+    text: dict | None,
+    path: Path,
 ) -> None:
-    """Refuse keys under a student's ``roots`` that the built model lacks (leftover teacher
-    keys beside the student's would otherwise be silently ignored)."""
+    """Refuse keys under the part a student (``image`` / ``text``: its record, ``None`` where
+    SAM3's part stays) took over that ``model`` (loaded from the keys under ``prefix``) lacks:
+    leftover teacher keys beside the student's would otherwise be silently ignored."""
+    roots = [p for p, on in ((VISION_TRUNK_PREFIX, image), (TEXT_PREFIX, text)) if on]
     own = {prefix + k for k in model.state_dict()}
     foreign = [k for k in state if k not in own and any(k.startswith(r) for r in roots)]
     if foreign:

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from .arch import (
-    TRACKER,
     BackboneConfig,
     ImageModelConfig,
     has_heads,
@@ -20,32 +19,16 @@ from .arch import (
 )
 from .backbone_builder import build_efficientsam3_backbone, build_sam3_backbone, build_vl_backbone
 from .checkpoint import CheckpointError, LoadReport, load_sam3_checkpoint, read_checkpoint
-from .merged import (
-    BACKBONE_PREFIX,
-    MERGED_FORMAT,
-    TEXT_PREFIX,
-    VISION_STUDENT_PREFIX,
-    VISION_TRUNK_PREFIX,
-    StudentTrunk,
-    check_no_foreign_keys,
-    merged_backbone,
-    merged_students,
-)
-from .model.sam3_image import SAM3_PREPROCESSING, Sam3ImageModel
+from .merged import check_no_foreign_keys, merged_backbone, merged_students
+from .model.sam3_image import Sam3ImageModel
+from .schema import DETECTOR_PREFIX, SAM3_PREPROCESSING, TRACKER, is_merged
 
 log = logging.getLogger(__name__)
 
-DETECTOR_PREFIX = "detector."  # the image model's keys in sam3.pt
 ROUTES = {TRACKER: TRACKER}  # the interactive heads load from sam3.pt's own ``tracker.*`` keys
 __all__ = [
-    "BACKBONE_PREFIX",
-    "MERGED_FORMAT",
-    "TEXT_PREFIX",
-    "VISION_STUDENT_PREFIX",
-    "VISION_TRUNK_PREFIX",
     "BackboneConfig",
     "ImageModelConfig",
-    "StudentTrunk",
     "build_efficientsam3_backbone",
     "build_efficientsam3_image_model",
     "build_sam3_backbone",
@@ -212,8 +195,7 @@ def _merged_image_model(
         )
     heads.backbone = backbone
     report = _load_image_model(heads, state, str(path), device)
-    roots = [p for p, on in ((VISION_TRUNK_PREFIX, image), (TEXT_PREFIX, text)) if on]
-    check_no_foreign_keys(state, heads, DETECTOR_PREFIX, roots, path)
+    check_no_foreign_keys(state, heads, DETECTOR_PREFIX, image, text, path)
     heads.load_report = report
     heads.meta = meta
     return heads.eval() if eval_mode else heads
@@ -235,6 +217,6 @@ def load_image_model(
     path = Path(checkpoint_path)
     state, meta = read_checkpoint(path)
     device, interactive = torch.device(device), enable_inst_interactivity
-    if meta.get("format") == MERGED_FORMAT or meta.get("students"):
+    if is_merged(meta) or meta.get("students"):
         return _merged_image_model(state, meta, path, device, None, None, eval_mode, interactive)
     return _sam3_image_model(state, str(path), device, None, eval_mode, interactive)

@@ -26,6 +26,8 @@ from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from .schema import PREPROCESSING_FIELDS
+
 RESIZE_MODES = ("squash", "pad")
 MASK_CHUNK = 16  # masks upsampled at a time (bounds the float memory for large photos)
 
@@ -42,9 +44,7 @@ class Preprocessing:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Preprocessing:
         """Validate a ``{"img_size", "resize_mode", "pixel_mean", "pixel_std"}`` mapping."""
-        missing = [
-            k for k in ("img_size", "resize_mode", "pixel_mean", "pixel_std") if k not in record
-        ]
+        missing = [k for k in PREPROCESSING_FIELDS if k not in record]
         if missing:
             raise ValueError(
                 f"the model's preprocessing record lacks {missing}: got {dict(record)}"

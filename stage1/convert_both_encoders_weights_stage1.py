@@ -5,7 +5,7 @@
         [--image-model-name NAME] [--text-model-name NAME] [--replace-prefix PREFIX ...]
         [--safetensors] [--overwrite] [--allow-random-teacher]
 
-The default output is output/efficient_sam3_{image}_{text}.pth. See stage1/merge.py.
+The default output is output/efficient_sam3_{image}_{text}.pth. See stage1/merge/run.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1.cli import run_cli  # noqa: E402
-from stage1.merge import MergeSummary, main_both  # noqa: E402
+from stage1.common.cli import run_cli  # noqa: E402
+from stage1.merge.cli import MergeSummary, main_both  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> MergeSummary:

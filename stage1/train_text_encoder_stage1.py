@@ -15,22 +15,16 @@ from typing import TYPE_CHECKING
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stage1.cli import build_parser, config_from_args, print_config, run_cli  # noqa: E402
+from stage1.common.cli import run_cli  # noqa: E402
+from stage1.train.cli import train_main  # noqa: E402
 
 if TYPE_CHECKING:
-    from stage1.engine import TrainResult
+    from stage1.train.loop import TrainResult
 
 
 def main(argv: list[str] | None = None) -> TrainResult | None:
     """Parse the command line and train; None for ``--print-config``."""
-    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
-    cfg = config_from_args(args)
-    if args.print_config:
-        print_config(cfg)
-        return None
-    from stage1.engine import run_training  # torch and the student load only for a real run
-
-    return run_training(cfg, "text")
+    return train_main("text", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

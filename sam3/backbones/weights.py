@@ -6,11 +6,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor
 
-MAX_LISTED = 8  # how many offending keys an error message names
+from ..checkpoint import MAX_LISTED
+from ..files import UnreadableFileError, load_weights_only
 
 
 class WeightFileError(ValueError):
@@ -67,9 +67,10 @@ def read_weight_file(path: str | Path) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             obj: Any = load_safetensors(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightFileError(f"{path} could not be read as a weight file: {err}") from err
+            obj = load_weights_only(path)
+    except Exception as err:  # safetensors raises several kinds; torch's come wrapped
+        cause = err.__cause__ if isinstance(err, UnreadableFileError) else err
+        raise WeightFileError(f"{path} could not be read as a weight file: {cause}") from err
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]

@@ -1,4 +1,4 @@
-"""Box conversions and the clamped inverse sigmoid used by SAM3's box refinement."""
+"""The box conversion and the clamped inverse sigmoid used by SAM3's box refinement."""
 
 from __future__ import annotations
 
@@ -16,9 +16,3 @@ def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """``[..., (cx, cy, w, h)]`` -> ``[..., (x0, y0, x1, y1)]``."""
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``[..., (x0, y0, x1, y1)]`` -> ``[..., (cx, cy, w, h)]``."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), dim=-1)

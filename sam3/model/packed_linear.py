@@ -1,9 +1,9 @@
 """``nn.Linear`` that can keep a oneDNN-packed copy of its weight for fp32 CPU inference.
 
 By default PyTorch runs an fp32 CPU linear through MKL, which re-packs the weight on every call.
-oneDNN's matmul on a weight reordered once into its blocked layout runs the SAM3 trunk's GEMMs
-3-9 % faster on AVX2 CPUs (``benchmarks/teacher_vs_reference.py`` measures the whole trunk). The
-packed copy costs as much memory as the weight, so packing is opt-in
+oneDNN's matmul on a weight reordered once into its blocked layout skips that work, which speeds
+up the SAM3 trunk's GEMMs on AVX2 CPUs (``benchmarks/teacher_vs_reference.py`` measures the
+whole trunk). The packed copy costs as much memory as the weight, so packing is opt-in
 (:meth:`PackableLinear.pack_for_cpu`). The parameter stays the source of truth: the copy is used
 only for fp32 CPU calls that record no gradient and run outside autocast, and it is rebuilt when
 the weight changes (``load_state_dict``, in-place updates, ``.to()``). It is never saved.
@@ -12,7 +12,7 @@ Writes through ``weight.data`` bypass the version counter that reveals a change:
 
 :func:`inference_linear` is the unpacked variant for weights used once per call or sliced per
 call (attention projections, FFNs of the detector heads): oneDNN's matmul on the plain weight,
-which runs these shapes about twice as fast as MKL's sgemm on AMD CPUs.
+which runs these shapes faster than MKL's sgemm on AMD CPUs.
 """
 
 from __future__ import annotations

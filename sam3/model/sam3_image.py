@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..schema import SAM3_PREPROCESSING
 from .box_ops import box_cxcywh_to_xyxy, inverse_sigmoid
 from .decoder import TransformerDecoder
 from .fusion_encoder import FusionEncoder
@@ -26,12 +27,6 @@ from .scoring import DotProductScoring
 from .segmentation_head import SegmentationHead
 from .vl_backbone import SAM3VLBackbone
 
-SAM3_PREPROCESSING = {  # SAM3's own input transform (Meta's Sam3Processor)
-    "img_size": 1008,
-    "resize_mode": "squash",
-    "pixel_mean": [0.5, 0.5, 0.5],
-    "pixel_std": [0.5, 0.5, 0.5],
-}
 BOXES_ONLY_TEXT = "visual"  # the caption SAM3 encodes when a prompt has no text
 
 

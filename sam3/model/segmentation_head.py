@@ -132,7 +132,7 @@ class SegmentationHead(nn.Module):
 
     def semantic_logits(self, pixel_embed: Tensor) -> Tensor:
         """The semantic segmentation logits ``[B, 1, 4H, 4W]``."""
-        # A matmul, not the 1x1 conv module: oneDNN's 1-channel conv is ~10x slower on 2 threads.
+        # A matmul, not the 1x1 conv module: oneDNN's 1-channel conv is far slower on CPUs.
         b, c, h, w = pixel_embed.shape
         head = self.semantic_seg_head
         logits = torch.matmul(head.weight.view(1, c), pixel_embed.reshape(b, c, -1))

@@ -1,8 +1,8 @@
 """SAM3's tokenizer: CLIP byte-level BPE, lower-cased, ``[sot] + bpe + [eot]`` zero-padded.
 
 SAM3's ``SimpleTokenizer`` produces the same ids as open_clip's (same BPE file, cleaning and
-truncation rule), so this wraps open_clip's with SAM3's context length and exposes the ids the
-rest of the code needs.
+truncation rule), so this wraps open_clip's with SAM3's context length and names its special
+ids.
 """
 
 from __future__ import annotations

@@ -272,8 +272,3 @@ class ViT(nn.Module):
             if held.shape != want.shape or (held - want).abs().max().item() > atol:
                 bad.append(f"blocks.{i}.attn.freqs_cis")
         return bad
-
-    def reset_rope(self) -> None:
-        """Recompute every ``freqs_cis`` table in place (after building on the meta device)."""
-        for blk in self.blocks:
-            blk.attn.freqs_cis = blk.attn.expected_freqs_cis(blk.attn.qkv.weight.device)

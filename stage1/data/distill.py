@@ -10,11 +10,10 @@ import torch
 from torch.utils.data import Dataset
 
 from sam3.model.tokenizer import Sam3Tokenizer
-
-from ..embedding_store import DIGEST_BYTES, EmbeddingStore, source_digest
-from ..errors import UserError
-from .sa1b import SA1BItem, load_rgb
-from .transforms import ImageTransform, build_valid_mask
+from stage1.common.errors import UserError
+from stage1.data.sa1b import SA1BItem, load_rgb
+from stage1.data.transforms import ImageTransform, build_valid_mask
+from stage1.store import DIGEST_BYTES, EmbeddingStore, source_digest
 
 _DIGEST_CHUNK = 1 << 16  # captions whose digests are compared at a time (bounded memory)
 

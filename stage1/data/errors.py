@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stage1.errors import UserError
+from stage1.common.errors import UserError
 
 
 class DataError(UserError, ValueError):

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 
-from stage1.embedding_store import check_keys
-from stage1.errors import UserError
+from stage1.common.errors import UserError
+from stage1.store import check_keys
 
 _PLAIN = re.compile(r"[!-$&-~]+")  # printable ASCII without space and '%': always a valid key
 _ESCAPE = re.compile(r"%([0-9A-F]{2})")

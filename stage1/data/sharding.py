@@ -23,8 +23,6 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-HASH_NAME = "blake2b-64"  # recorded in manifests: how keys were assigned to ranks
-
 
 def check_rank(rank: int, world_size: int) -> None:
     """Raise ``ValueError`` unless ``world_size >= 1`` and ``0 <= rank < world_size``."""

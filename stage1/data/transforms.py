@@ -174,6 +174,16 @@ def build_valid_masks(h: torch.Tensor, w: torch.Tensor, img_size: int, grid: int
     return rows[:, :, None] & cols[:, None, :]
 
 
+def image_transform(cfg: Any) -> ImageTransform:
+    """The preprocessing a resolved config's ``DATA.*`` keys ask for (export and training)."""
+    return ImageTransform(
+        cfg.DATA.IMG_SIZE,
+        cfg.DATA.RESIZE_MODE,
+        tuple(cfg.DATA.PIXEL_MEAN),
+        tuple(cfg.DATA.PIXEL_STD),
+    )
+
+
 def preprocessing_record(transform: ImageTransform) -> dict[str, Any]:
     """A JSON-ready description of ``transform``, written into store manifests and merged
     checkpoints so that readers can check it with :func:`check_preprocessing`."""

@@ -104,7 +104,7 @@ else
   launcher+=(--master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
 fi
 
-# Each worker writes its error line here (stage1/cli.py); they are printed after torchrun ends.
+# Each worker writes its error line here (stage1/common/cli.py), printed once torchrun has ended.
 STAGE1_ERROR_DIR=$(mktemp -d "${TMPDIR:-/tmp}/stage1-errors.XXXXXX")
 export STAGE1_ERROR_DIR
 trap 'rm -rf "$STAGE1_ERROR_DIR"' EXIT
@@ -124,6 +124,6 @@ shopt -s nullglob
 reports=("$STAGE1_ERROR_DIR"/rank*.txt)
 if [ "$status" -ne 0 ] && [ ${#reports[@]} -gt 0 ]; then
   awk '!seen[$0]++' "${reports[@]}" >&2
-  exit 1  # a worker's status after a user error (EXIT_USER_ERROR in stage1/cli.py)
+  exit 1  # a worker's status after a user error (EXIT_USER_ERROR in stage1/common/cli.py)
 fi
 exit "$status"

@@ -2,10 +2,10 @@
 
 Job parameters:
 
-* ``size``: ``"full"`` (``build_sam3_image_model``'s SAM3) or ``"reduced"``, which builds the
-  same classes with the job's ``vision`` (as the ``vision`` job), ``text`` (``width, heads,
-  layers``) and ``heads`` (``d_model, num_heads, dim_feedforward, geometry_layers,
-  encoder_layers, decoder_layers, num_queries, scoring_hidden``) sizes.
+* ``size``: ``"reduced"``: SAM3's classes with the job's ``vision`` (as the ``vision`` job),
+  ``text`` (``width, heads, layers``) and ``heads`` (``d_model, num_heads, dim_feedforward,
+  geometry_layers, encoder_layers, decoder_layers, num_queries, scoring_hidden``) sizes (SAM3
+  at its real sizes is the ``full`` job's, ``meta_job_full.py``).
 * ``seed``; ``images``: photo paths (read as RGB; preprocessed as Meta's ``Sam3Processor``
   does) and/or ``input_seed`` for one seeded input; ``captions``.
 * ``cases``: a list of ``{"image": i, "text": caption or null, "boxes": [[cx, cy, w, h], ...],
@@ -32,8 +32,19 @@ from torch import nn
 from meta_oracle import build_meta_trunk, fail, log_phase, resolve_bpe_path
 from seeded_init import seeded_input, seeded_state
 
+OUTPUTS = (
+    "pred_logits",
+    "pred_boxes",
+    "pred_boxes_xyxy",
+    "pred_masks",
+    "presence_logit_dec",
+    "semantic_seg",
+    "queries",
+    "encoder_hidden_states",
+)
 
-def _reduced_model(meta: Any, job: dict[str, Any]) -> nn.Module:
+
+def build_reduced_model(meta: Any, job: dict[str, Any]) -> nn.Module:
     """Meta's Sam3Image from its own classes at the job's sizes, each part built as the
     component jobs build it (with SAM3's builder flags)."""
     from sam3.model import model_misc, sam3_image
@@ -97,18 +108,6 @@ def _reduced_model(meta: Any, job: dict[str, Any]) -> nn.Module:
     )
 
 
-def _full_model(meta: Any, job: dict[str, Any]) -> nn.Module:
-    return meta.build_sam3_image_model(
-        bpe_path=resolve_bpe_path(job),
-        device="cpu",
-        load_from_HF=False,
-        checkpoint_path=None,
-        enable_segmentation=True,
-        enable_inst_interactivity=False,
-        compile=False,
-    )
-
-
 def _transform(resolution: int) -> Any:
     from torchvision.transforms import v2
 
@@ -150,19 +149,49 @@ def _prompt(case: dict[str, Any]) -> Any:
 
 def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
     """Build, seed, run every case; see the module docstring for the result's keys."""
-    from sam3.model.data_misc import FindStage
-
+    if job.get("size") != "reduced":
+        fail(
+            f"grounding job size must be 'reduced', got {job.get('size')!r} (full size: 'full' job)"
+        )
     clock = time.perf_counter()
     torch.manual_seed(int(job["seed"]))
-    full = job.get("size") == "full"
-    model = (_full_model if full else _reduced_model)(meta, job).eval()
+    model = build_reduced_model(meta, job).eval()
     clock = log_phase("build", clock)
     seeded_state(model, int(job["seed"]))
     clock = log_phase("seed", clock)
-    resolution = 1008 if full else int(job["vision"]["img_size"])
+    resolution = int(job["vision"]["img_size"])
     result: dict[str, Any] = {
         "state_keys": {k: list(v.shape) for k, v in model.state_dict().items()}
     }
+    inputs = _inputs(job, resolution)
+    with torch.inference_mode():
+        backbone = []
+        for i, x in enumerate(inputs):
+            out = model.backbone.forward_image(x)
+            backbone.append(out)
+            result.update(image_result(i, x, out))
+        clock = log_phase("forward_image", clock)
+        result.update(ground_cases(model, backbone, job["cases"]))
+        clock = log_phase("grounding", clock)
+        if job.get("processor"):
+            result.update(_run_processor(model, job, resolution))
+            log_phase("processor", clock)
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+
+
+def image_result(i: int, x: torch.Tensor, out: dict[str, Any]) -> dict[str, Any]:
+    """``image.{i}.*``: the input and the backbone's maps and position encodings."""
+    result = {f"image.{i}.input": x}
+    for level, (f, p) in enumerate(zip(out["backbone_fpn"], out["vision_pos_enc"])):
+        result[f"image.{i}.fpn.{level}"] = f
+        result[f"image.{i}.pos.{level}"] = p
+    return result
+
+
+def ground_cases(model: nn.Module, backbone: list[dict], cases: list[dict]) -> dict[str, Any]:
+    """``case.{k}.*`` of every case, on ``backbone`` (``forward_image`` outputs by image)."""
+    from sam3.model.data_misc import FindStage
+
     captured: dict[str, Any] = {}
     dec_forward = model.transformer.decoder.forward
 
@@ -170,7 +199,6 @@ def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
         captured["decoder"] = dec_forward(*args, **kwargs)
         return captured["decoder"]
 
-    model.transformer.decoder.forward = capture_decoder
     find = FindStage(
         img_ids=torch.tensor([0]),
         text_ids=torch.tensor([0]),
@@ -180,18 +208,10 @@ def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
         input_points=None,
         input_points_mask=None,
     )
-    inputs = _inputs(job, resolution)
-    with torch.inference_mode():
-        backbone = []
-        for i, x in enumerate(inputs):
-            out = model.backbone.forward_image(x)
-            backbone.append(out)
-            result[f"image.{i}.input"] = x
-            for level, (f, p) in enumerate(zip(out["backbone_fpn"], out["vision_pos_enc"])):
-                result[f"image.{i}.fpn.{level}"] = f
-                result[f"image.{i}.pos.{level}"] = p
-        clock = log_phase("forward_image", clock)
-        for k, case in enumerate(job["cases"]):
+    result: dict[str, Any] = {}
+    model.transformer.decoder.forward = capture_decoder
+    try:
+        for k, case in enumerate(cases):
             caption = case.get("text") or "visual"
             state = dict(backbone[int(case["image"])])
             state.update(model.backbone.forward_text([caption], device="cpu"))
@@ -216,22 +236,11 @@ def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
                     tag + "presence": presence,
                 }
             )
-            for name in (
-                "pred_logits",
-                "pred_boxes",
-                "pred_boxes_xyxy",
-                "pred_masks",
-                "presence_logit_dec",
-                "semantic_seg",
-                "queries",
-                "encoder_hidden_states",
-            ):
+            for name in OUTPUTS:
                 result[tag + name] = out[name]
-        clock = log_phase("grounding", clock)
-        if job.get("processor"):
-            result.update(_run_processor(model, job, resolution))
-            log_phase("processor", clock)
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+    finally:
+        del model.transformer.decoder.forward
+    return result
 
 
 def _run_processor(model: nn.Module, job: dict[str, Any], resolution: int) -> dict[str, Any]:

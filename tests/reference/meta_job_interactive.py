@@ -2,17 +2,17 @@
 
 Job parameters:
 
-* ``size``: ``"full"`` (``build_sam3_image_model(enable_inst_interactivity=True)``, CPU) or
-  ``"reduced"``: the job's ``vision`` trunk (the ``vision`` job's trunk keys) under a
-  ``Sam3DualViTDetNeck(d_model=256, add_sam2_neck=True)`` in a ``SAM3VLBackbone(text=None,
-  scalp=1)``, and Meta's ``build_tracker(apply_temporal_disambiguation=False)`` with only
-  ``image_size = img_size`` and ``backbone_stride = patch_size`` changed (SAM heads at width
-  256, video-only parts as Meta builds them), wrapped as the builder wraps it in
-  ``SAM3InteractiveImagePredictor``. The wrapper's hard-coded feature sizes (288/144/72) are
-  set to the reduced grid (4g, 2g, g), g = img_size // patch_size; no detector heads.
+* ``size``: ``"reduced"`` (SAM3 at its real sizes is the ``full`` job's): the job's ``vision``
+  trunk (the ``vision`` job's trunk keys) under a ``Sam3DualViTDetNeck(d_model=256,
+  add_sam2_neck=True)`` in a ``SAM3VLBackbone(text=None, scalp=1)``, and Meta's
+  ``build_tracker(apply_temporal_disambiguation=False)`` with only ``image_size = img_size``
+  and ``backbone_stride = patch_size`` changed (SAM heads at width 256, video-only parts as
+  Meta builds them), wrapped as the builder wraps it in ``SAM3InteractiveImagePredictor``.
+  The wrapper's hard-coded feature sizes (288/144/72) are set to the reduced grid (4g, 2g,
+  g), g = img_size // patch_size; no detector heads.
 * ``seed``: weights from ``seeded_state`` on our key names: Meta's ``Sam3Image`` state-dict
-  names with ``inst_interactive_predictor.model.`` renamed ``tracker.`` (reduced: ``backbone.*``
-  and ``tracker.*`` alike). ``fan_in_init`` (default false): afterwards every Linear, Conv2d and
+  names with ``inst_interactive_predictor.model.`` renamed ``tracker.`` (``backbone.*`` and
+  ``tracker.*``). ``fan_in_init`` (default false): afterwards every Linear, Conv2d and
   ConvTranspose2d weight of ``tracker.sam_prompt_encoder`` / ``tracker.sam_mask_decoder`` is
   multiplied by ``1 / (0.02 * sqrt(fan_in))`` (std 1/sqrt(fan_in)); fan_in = in_features,
   in_channels/groups*kh*kw (Conv2d), in_channels/groups*(kh/sh)*(kw/sw) (ConvTranspose2d).
@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from meta_oracle import build_meta_trunk, check_vision_params, fail, log_phase, resolve_bpe_path
+from meta_oracle import build_meta_trunk, check_vision_params, fail, log_phase
 from seeded_init import WEIGHT_STD, seeded_state
 
 TRACKER_PREFIX = "inst_interactive_predictor.model."
@@ -149,8 +150,15 @@ def _selected(all_masks: torch.Tensor, low_res: torch.Tensor, k: int) -> torch.T
     return selected
 
 
-def _set_images(processor: Any, backbone: nn.Module, paths: list[str]) -> tuple[list, dict]:
-    """``Sam3Processor.set_image`` per photo; also the input and the sam2 levels before conv."""
+def set_images(
+    processor: Any,
+    backbone: nn.Module,
+    paths: list[str],
+    on_forward: Callable[[torch.Tensor, dict], None] | None = None,
+) -> tuple[list, dict]:
+    """``Sam3Processor.set_image`` per photo; also the input and the sam2 levels before conv.
+    ``on_forward(samples, out)`` sees each ``forward_image`` call before the processor changes
+    its output."""
     from PIL import Image
 
     result: dict[str, Any] = {}
@@ -161,6 +169,8 @@ def _set_images(processor: Any, backbone: nn.Module, paths: list[str]) -> tuple[
     def capture(samples: torch.Tensor) -> Any:
         out = forward_image(samples)
         seen["input"], seen["fpn"] = samples, list(out["sam2_backbone_out"]["backbone_fpn"])
+        if on_forward is not None:
+            on_forward(samples, out)
         return out
 
     backbone.forward_image = capture
@@ -185,33 +195,18 @@ def _set_images(processor: Any, backbone: nn.Module, paths: list[str]) -> tuple[
 
 def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
     """Build, seed, set every photo, run every case; see the module docstring for the keys."""
-    from sam3.model.sam3_image import Sam3Image
     from sam3.model.sam3_image_processor import Sam3Processor
 
+    if job.get("size") != "reduced":
+        fail(f"interactive job size must be 'reduced', got {job.get('size')!r} (full: 'full' job)")
     if not job.get("images") or not job.get("cases"):
         fail("interactive job needs images and cases")
     clock = time.perf_counter()
     torch.manual_seed(int(job["seed"]))
-    if job.get("size") == "full":
-        owner = meta.build_sam3_image_model(
-            bpe_path=resolve_bpe_path(job),
-            device="cpu",
-            load_from_HF=False,
-            checkpoint_path=None,
-            enable_segmentation=True,
-            enable_inst_interactivity=True,
-            compile=False,
-        )
-        backbone, predictor = owner.backbone, owner.inst_interactive_predictor
-    else:
-        backbone, predictor = _reduced_parts(meta, job["vision"])
-        owner = SimpleNamespace(backbone=backbone, inst_interactive_predictor=predictor)
-    tracker = predictor.model
+    backbone, predictor = _reduced_parts(meta, job["vision"])
+    owner = SimpleNamespace(backbone=backbone, inst_interactive_predictor=predictor)
     clock = log_phase("build", clock)
-    named = _named_state(owner, backbone)
-    seeded_state(named, int(job["seed"]))
-    if job.get("fan_in_init"):
-        rescale_heads_to_fan_in(tracker)
+    named = seed_interactive(owner, int(job["seed"]), bool(job.get("fan_in_init")))
     clock = log_phase("seed", clock)
     result: dict[str, Any] = {
         "state_keys": {
@@ -220,13 +215,34 @@ def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
             if k.startswith(("tracker.", "backbone.vision_backbone.sam2_convs."))
         }
     }
-    processor = Sam3Processor(owner, resolution=tracker.image_size, device="cpu")
-    states, images = _set_images(processor, backbone, [str(p) for p in job["images"]])
+    processor = Sam3Processor(owner, resolution=predictor.model.image_size, device="cpu")
+    states, images = set_images(processor, backbone, [str(p) for p in job["images"]])
     result.update(images)
     clock = log_phase("set_image", clock)
+    result.update(predict_cases(owner, states, job["cases"]))
+    log_phase("predict_inst", clock)
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
 
+
+def seed_interactive(owner: Any, seed: int, fan_in_init: bool) -> dict[str, torch.Tensor]:
+    """``seeded_state`` under our names (returned, sharing storage), then the SAM heads'
+    ``fan_in_init`` if asked."""
+    named = _named_state(owner, owner.backbone)
+    seeded_state(named, seed)
+    if fan_in_init:
+        rescale_heads_to_fan_in(owner.inst_interactive_predictor.model)
+    return named
+
+
+def predict_cases(owner: Any, states: list, cases: list[dict]) -> dict[str, Any]:
+    """``case.{k}.*`` of every case through ``Sam3Image.predict_inst`` on the set ``states``,
+    and ``hole_filling``."""
+    from sam3.model.sam3_image import Sam3Image
+
+    predictor = owner.inst_interactive_predictor
+    decoder = predictor.model.sam_mask_decoder
     seen: dict[str, Any] = {}
-    predict, predict_masks = predictor.predict, tracker.sam_mask_decoder.predict_masks
+    predict, predict_masks = predictor.predict, decoder.predict_masks
 
     def predict_capturing(**kwargs: Any) -> Any:
         seen["image_embed"] = predictor._features["image_embed"]
@@ -237,40 +253,44 @@ def run(meta: Any, job: dict[str, Any]) -> dict[str, Any]:
         return seen["decoder_out"]
 
     predictor.predict = predict_capturing
-    tracker.sam_mask_decoder.predict_masks = predict_masks_capturing
+    decoder.predict_masks = predict_masks_capturing
+    result: dict[str, Any] = {}
     returned: list[np.ndarray] = []
     hole_filling = 1
-    with torch.inference_mode():
-        for k, case in enumerate(job["cases"]):
-            i = int(case["image"])
-            if not 0 <= i < len(states):
-                fail(f"case {k} names image {i}, but the job has {len(states)} images")
-            seen.clear()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                masks, scores, low_res = Sam3Image.predict_inst(
-                    owner, states[i], **_prompt_kwargs(case, returned)
-                )
-            skipped = [str(w.message) for w in caught if SKIP_WARNING in str(w.message)]
-            if skipped:
-                hole_filling = 0
-                reason = skipped[0].splitlines()[0]
-                print(f"meta_oracle: case {k}: hole filling skipped: {reason}", flush=True)
-            returned.append(low_res)
-            result.setdefault(f"image.{i}.image_embed", seen["image_embed"])
-            all_masks, all_iou, _, object_scores = seen["decoder_out"]
-            decoder_in = seen["decoder_in"]
-            tag = f"case.{k}."
-            result[tag + "masks"] = torch.from_numpy(masks)
-            result[tag + "scores"] = torch.from_numpy(scores)
-            result[tag + "low_res_logits"] = torch.from_numpy(low_res)
-            result[tag + "all_masks"] = all_masks
-            result[tag + "all_iou"] = all_iou
-            result[tag + "object_score_logits"] = object_scores
-            result[tag + "sparse"] = decoder_in["sparse_prompt_embeddings"]
-            result[tag + "dense"] = decoder_in["dense_prompt_embeddings"]
-            result[tag + "image_pe"] = decoder_in["image_pe"]
-            result[tag + "selected"] = _selected(all_masks, result[tag + "low_res_logits"], k)
-    log_phase("predict_inst", clock)
+    try:
+        with torch.inference_mode():
+            for k, case in enumerate(cases):
+                i = int(case["image"])
+                if not 0 <= i < len(states):
+                    fail(f"case {k} names image {i}, but the job has {len(states)} images")
+                seen.clear()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    masks, scores, low_res = Sam3Image.predict_inst(
+                        owner, states[i], **_prompt_kwargs(case, returned)
+                    )
+                skipped = [str(w.message) for w in caught if SKIP_WARNING in str(w.message)]
+                if skipped:
+                    hole_filling = 0
+                    reason = skipped[0].splitlines()[0]
+                    print(f"meta_oracle: case {k}: hole filling skipped: {reason}", flush=True)
+                returned.append(low_res)
+                result.setdefault(f"image.{i}.image_embed", seen["image_embed"])
+                all_masks, all_iou, _, object_scores = seen["decoder_out"]
+                decoder_in = seen["decoder_in"]
+                tag = f"case.{k}."
+                result[tag + "masks"] = torch.from_numpy(masks)
+                result[tag + "scores"] = torch.from_numpy(scores)
+                result[tag + "low_res_logits"] = torch.from_numpy(low_res)
+                result[tag + "all_masks"] = all_masks
+                result[tag + "all_iou"] = all_iou
+                result[tag + "object_score_logits"] = object_scores
+                result[tag + "sparse"] = decoder_in["sparse_prompt_embeddings"]
+                result[tag + "dense"] = decoder_in["dense_prompt_embeddings"]
+                result[tag + "image_pe"] = decoder_in["image_pe"]
+                low = result[tag + "low_res_logits"]
+                result[tag + "selected"] = _selected(all_masks, low, k)
+    finally:
+        del predictor.predict, decoder.predict_masks
     result["hole_filling"] = torch.tensor(hole_filling)
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+    return result
